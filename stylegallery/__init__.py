@@ -1,0 +1,12 @@
+"""StyleGallery: training-free, semantic-aware style transfer on Stable Diffusion, stage by stage."""
+
+from .cache import TensorCache
+from .errors import StyleGalleryError
+from .pipeline import STAGES, StepInfo, StyleGallery, StyleGalleryOutput
+from .results import Inversion, Matching, Prepared, Segmentation, Stylization
+
+__all__ = [
+    "STAGES", "Inversion", "Matching", "Prepared", "Segmentation", "StepInfo", "StyleGallery",
+    "StyleGalleryError", "StyleGalleryOutput", "Stylization", "TensorCache",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""A bounded cache of tensors keyed by content hashes and settings: in memory, and optionally on disk.
+
+Used for the per-timestep attention features of stylize and for inversion results, so that re-running a later
+stage never recomputes what depends only on the images, the model and the settings. Disk entries are
+safetensors files; an unreadable entry is deleted and recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .results import write_atomic
+
+
+def cache_key(**parts) -> str:
+    """A stable hex key from JSON-serialisable parts (image hashes, model fingerprint, settings)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _nbytes(entry: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in entry.values())
+
+
+class TensorCache:
+    """LRU cache of ``{name: tensor}`` entries, at most ``max_bytes`` in memory and ``max_disk_bytes`` on disk.
+
+    Floating tensors are stored as ``dtype`` (half precision by default: attention features survive it to
+    about 1e-3 relative error). ``enabled=False`` turns every lookup into a miss and stores nothing.
+    """
+
+    def __init__(self, max_bytes: int = 4 << 30, directory: str | os.PathLike | None = None,
+                 max_disk_bytes: int = 20 << 30, dtype: torch.dtype = torch.float16, enabled: bool = True):
+        self.max_bytes = max_bytes
+        self.directory = Path(directory) if directory else None
+        self.max_disk_bytes = max_disk_bytes
+        self.dtype = dtype
+        self.enabled = enabled
+        self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory."""
+        return sum(_nbytes(e) for e in self._memory.values())
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes held on disk."""
+        if self.directory is None or not self.directory.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.directory.glob("*.safetensors"))
+
+    def clear(self) -> None:
+        """Forget everything held in memory (disk entries stay)."""
+        self._memory.clear()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.safetensors"
+
+    def get(self, key: str, device=None, dtype=None) -> dict[str, torch.Tensor] | None:
+        """The entry for ``key`` moved to ``device``/``dtype``, or None."""
+        if not self.enabled:
+            return None
+        entry = self._memory.get(key)
+        if entry is not None:
+            self._memory.move_to_end(key)
+        elif self.directory is not None and self._path(key).is_file():
+            try:
+                entry = load_file(str(self._path(key)))
+            except Exception:  # a damaged file is rebuilt, never trusted
+                self._path(key).unlink(missing_ok=True)
+                entry = None
+            if entry is not None:
+                self._remember(key, entry)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return {n: t.to(device=device, dtype=dtype if dtype and t.is_floating_point() else t.dtype) for n, t in entry.items()}
+
+    def put(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+        """Store ``entry`` (a copy on the CPU in the cache dtype)."""
+        if not self.enabled:
+            return
+        stored = {
+            n: (t.detach().to("cpu", self.dtype) if t.is_floating_point() else t.detach().cpu()).contiguous()
+            for n, t in entry.items()
+        }
+        self._remember(key, stored)
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(self._path(key), lambda tmp: save_file(stored, tmp))
+            self._trim_disk()
+
+    def _remember(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+        self._memory[key] = entry
+        self._memory.move_to_end(key)
+        total = self.nbytes
+        while total > self.max_bytes and len(self._memory) > 1:
+            _, dropped = self._memory.popitem(last=False)
+            total -= _nbytes(dropped)
+
+    def _trim_disk(self) -> None:
+        files = sorted(self.directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        for path in files[:-1]:
+            if total <= self.max_disk_bytes:
+                break
+            total -= path.stat().st_size
+            path.unlink(missing_ok=True)

@@ -1,0 +1,109 @@
+"""Reading, validating and resizing the images a user hands to StyleGallery."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import StyleGalleryError
+
+ImageInput = "str | os.PathLike | Image.Image | np.ndarray"
+MIN_SIDE = 16
+
+
+def check_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """Return the working size as ``(height, width)``; both must be positive multiples of 64."""
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    for side in (height, width):
+        if not isinstance(side, (int, np.integer)) or side < 64 or side % 64:
+            raise StyleGalleryError(
+                f"working size {size!r} is not allowed: each side must be a positive multiple of 64 "
+                "(the VAE downsamples by 8 and the UNet by another 8), e.g. 256, 512 or 768"
+            )
+    return int(height), int(width)
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """Convert any mode PIL opens (L, P, RGBA, CMYK, 16-bit I;16, float F, ...) to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if image.mode == "F" and array.max() <= 1.0:
+            top = 1.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    rgb = image.convert("RGB")
+    if min(rgb.size) < MIN_SIDE:
+        raise StyleGalleryError(
+            f"{name} is {rgb.size[0]}x{rgb.size[1]} pixels: too small to stylize; use an image of at least "
+            f"{MIN_SIDE}x{MIN_SIDE} (it is resized to the working size anyway)"
+        )
+    return rgb
+
+
+def load_image(source, name: str | None = None) -> tuple[Image.Image, str, str]:
+    """Load ``source`` (path, PIL image or HxWx3 uint8 array) as RGB.
+
+    Returns ``(image, name, sha256)`` where the hash is of the file bytes (or of the pixels for in-memory
+    images), so caches follow the content, not the file name. EXIF orientation is honoured.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = name or path.name
+        if not path.is_file():
+            raise StyleGalleryError(f"image file not found: {path} (check the path)")
+        data = path.read_bytes()
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise StyleGalleryError(
+                f"cannot read {path} as an image ({exc}); the file is not an image or is damaged — "
+                "re-export it as PNG or JPEG"
+            ) from None
+        image = ImageOps.exif_transpose(image)
+        digest = hashlib.sha256(data).hexdigest()
+    elif isinstance(source, Image.Image):
+        image = ImageOps.exif_transpose(source)
+        name = name or "image"
+        digest = None
+    elif isinstance(source, np.ndarray):
+        array = source
+        if array.dtype != np.uint8:
+            raise StyleGalleryError(f"array images must be uint8 (got {array.dtype}); scale to 0..255 first")
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+            raise StyleGalleryError(f"array images must be HxW, HxWx3 or HxWx4 (got shape {array.shape})")
+        image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1 else array)
+        name = name or "array"
+        digest = None
+    else:
+        raise StyleGalleryError(
+            f"cannot use {type(source).__name__} as an image: pass a file path, a PIL image or a uint8 array"
+        )
+    rgb = _to_rgb(image, name)
+    if digest is None:
+        digest = hashlib.sha256(rgb.tobytes() + repr(rgb.size).encode()).hexdigest()
+    return rgb, name, digest
+
+
+def fit_to_size(image: Image.Image, size: tuple[int, int], keep_aspect: bool = False) -> Image.Image:
+    """Resize to ``size`` = (height, width); with ``keep_aspect`` scale to cover, then centre-crop."""
+    height, width = size
+    if keep_aspect:
+        return ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def aspect_size(image: Image.Image, long_side: int) -> tuple[int, int]:
+    """The (height, width) with multiples of 64 closest to the image's aspect, longest side ``long_side``."""
+    w, h = image.size
+    scale = long_side / max(w, h)
+    return tuple(max(64, int(round(side * scale / 64)) * 64) for side in (h, w))

@@ -1,0 +1,146 @@
+"""Loading the diffusion backbone, DINOv2 and Depth Anything, with device and dtype choices."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import StyleGalleryError
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_SEMANTIC_MODEL = "facebook/dinov2-base"
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+TEST_MODEL_NAMES = ("tiny", "sd15")
+
+logger = logging.getLogger("stylegallery")
+
+
+class ModelUnavailable(StyleGalleryError):
+    """A model could not be found locally nor loaded from the Hub."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise StyleGalleryError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StyleGalleryError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise StyleGalleryError("device 'mps' was asked for but MPS is not available; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` is float16 on CUDA and float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise StyleGalleryError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    return names[dtype]
+
+
+def _load(kind: str, name: str, loader):
+    local = Path(name).expanduser()
+    looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local and not local.is_dir():
+        raise ModelUnavailable(f"{kind} model folder not found: {name} (give an existing folder or a Hub id)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return loader(str(local) if looks_local else name)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        where = "in the folder" if looks_local else "on the Hugging Face Hub or in the local cache"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(f"cannot load the {kind} model {name!r} {where}: {first}") from None
+
+
+@dataclass
+class Backbone:
+    """The Stable Diffusion components StyleGallery uses."""
+
+    unet: object
+    vae: object
+    scheduler: object
+    embedding: torch.Tensor  # empty-prompt text embedding, (1, 77, D)
+    name: str
+    fingerprint: str
+
+
+def fingerprint(*modules, name: str = "") -> str:
+    """A short hash of the configs and a sample of every weight tensor: changes whenever the weights do."""
+    digest = hashlib.sha256(name.encode())
+    for module in modules:
+        digest.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+        for param in module.state_dict().values():
+            digest.update(param.flatten()[:8].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
+    """Load UNet, VAE, DDIM scheduler and the empty-prompt embedding from a Hub id or diffusers folder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    def loader(path):
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
+        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
+        return unet, vae, scheduler, tokenizer, text_encoder
+
+    unet, vae, scheduler, tokenizer, text_encoder = _load("diffusion", name, loader)
+    with torch.no_grad():
+        ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        embedding = text_encoder(ids)[0]
+    unet.requires_grad_(False).eval().to(device)
+    vae.requires_grad_(False).eval().to(device)
+    return Backbone(unet, vae, scheduler, embedding.to(device, dtype), name, fingerprint(unet, vae, name=name))
+
+
+def load_semantic(name: str, device: torch.device):
+    """DINOv2 model and image processor (float32: it is small and its tokens feed cosine similarities)."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    model, processor = _load("semantic", name, lambda p: (AutoModel.from_pretrained(p), AutoImageProcessor.from_pretrained(p)))
+    return model.eval().to(device), processor
+
+
+def load_depth(name: str, device: torch.device):
+    """Depth Anything (or any transformers depth-estimation model) and its image processor."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    model, processor = _load(
+        "depth", name, lambda p: (AutoModelForDepthEstimation.from_pretrained(p), AutoImageProcessor.from_pretrained(p))
+    )
+    return model.eval().to(device), processor
+
+
+def test_model_folder(name: str) -> Path:
+    """Folder of the cached random-weight test models named ``tiny`` or ``sd15``, built on first use."""
+    from .testing import cached_test_models
+
+    return cached_test_models(name)
+
+
+def hub_is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")

@@ -1,0 +1,513 @@
+"""The StyleGallery pipeline: load models once, then run the stages one by one or in one call."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import matching as M
+from .attention import feature_block_index, install_recorder
+from .cache import TensorCache, cache_key
+from .errors import StyleGalleryError
+from .images import check_size, fit_to_size, load_image
+from .inversion import aggregate_features, invert, temporal_weights
+from .models import (
+    DEFAULT_DEPTH_MODEL, DEFAULT_MODEL, DEFAULT_SEMANTIC_MODEL, TEST_MODEL_NAMES, Backbone, ModelUnavailable,
+    load_backbone, load_depth, load_semantic, resolve_device, resolve_dtype, test_model_folder,
+)
+from .results import Inversion, Matching, Prepared, Segmentation, Stylization, to_pixels
+from .segmentation import segment_features
+from .style_loss import REGION_ATTENTION_MODES, content_loss, region_plan, region_style_loss, style_targets
+
+STAGES = ("prepare", "invert", "segment", "match", "stylize")
+
+
+def check_settings(*, size=None, inversion_steps=None, max_clusters=None, steps=None, iters=None, lr=None,
+                   c_ratio=None, region_attention=None) -> None:
+    """Raise :class:`StyleGalleryError` for an impossible value of any setting given."""
+    if size is not None:
+        check_size(size)
+    for name, value, low in (("inversion_steps", inversion_steps, 1), ("steps", steps, 1), ("iters", iters, 1)):
+        if value is not None and value < low:
+            raise StyleGalleryError(f"{name} must be at least {low} (got {value})")
+    if max_clusters is not None and max_clusters < 2:
+        raise StyleGalleryError(f"max_clusters must be at least 2 (got {max_clusters}): one region cannot be matched")
+    if lr is not None and lr <= 0:
+        raise StyleGalleryError(f"lr must be positive (got {lr})")
+    if c_ratio is not None and c_ratio < 0:
+        raise StyleGalleryError(f"c_ratio must be >= 0 (got {c_ratio}); it weighs the content loss")
+    if region_attention is not None and region_attention not in REGION_ATTENTION_MODES:
+        raise StyleGalleryError(f"region_attention must be one of {', '.join(REGION_ATTENTION_MODES)} (got {region_attention!r})")
+
+
+@dataclass
+class StepInfo:
+    """What :meth:`StyleGallery.stylize` reports to its callback after every optimization step."""
+
+    step: int
+    total_steps: int
+    timestep: int
+    loss: float
+    content: float
+    style: float
+    style_per_region: dict[int, float]
+    latent: torch.Tensor
+    preview: Image.Image | None = None
+
+
+@dataclass
+class StyleGalleryOutput:
+    """Everything one call produced: the image and every stage's result, with seconds per stage."""
+
+    image: Image.Image
+    prepared: Prepared
+    inversion: Inversion
+    segmentation: Segmentation
+    matching: Matching
+    stylization: Stylization
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class StyleGallery:
+    """Training-free, semantic-aware style transfer on a Stable Diffusion backbone.
+
+    Build with :meth:`from_pretrained`; run ``prepare → invert → segment → match → stylize`` one by one (each
+    returns a saveable result) or everything at once by calling the object.
+    """
+
+    def __init__(self, backbone: Backbone, semantic=None, depth=None, *, cache: TensorCache | None = None):
+        self.backbone = backbone
+        self.unet, self.vae, self.scheduler = backbone.unet, backbone.vae, backbone.scheduler
+        self.device, self.dtype = self.unet.device, self.unet.dtype
+        self.semantic_model, self.semantic_processor = semantic or (None, None)
+        self.depth_model, self.depth_processor = depth or (None, None)
+        self.recorder = install_recorder(self.unet)
+        self.default_loss_layers = list(self.recorder.layers)
+        self.feature_block = feature_block_index(self.unet)
+        self.feature_cache = cache if cache is not None else TensorCache()
+        self.inversion_cache = TensorCache(max_bytes=1 << 30, dtype=torch.float32)
+        self.test_models = False
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        semantic_model: str | None | bool = None,
+        depth_model: str | None | bool = None,
+        device: str = "auto",
+        torch_dtype: str | torch.dtype = "auto",
+        cache: TensorCache | None = None,
+    ) -> "StyleGallery":
+        """Load the backbone (Hub id or diffusers folder; ``tiny``/``sd15`` = random-weight test models).
+
+        ``None`` means the default model. Only the default falls back, with a warning, to the tiny test models
+        when it cannot be loaded (no network and no local copy); a model you name never falls back.
+        ``semantic_model`` / ``depth_model``: ``False`` switches DINOv2 / Depth Anything off.
+        """
+        device = resolve_device(device)
+        dtype = resolve_dtype(torch_dtype, device)
+        test_folder = None
+        if model in TEST_MODEL_NAMES:
+            test_folder = test_model_folder(model)
+        elif model is None:
+            try:
+                backbone = load_backbone(DEFAULT_MODEL, device, dtype)
+            except ModelUnavailable as exc:
+                warnings.warn(
+                    f"{exc}. Falling back to the tiny random-weight test models: the pictures show the "
+                    "mechanics of StyleGallery, not real stylization. Connect to the internet or pass a local "
+                    "Stable Diffusion 1.5 folder for real results.",
+                    stacklevel=2,
+                )
+                test_folder = test_model_folder("tiny")
+        else:
+            backbone = load_backbone(model, device, dtype)
+        if test_folder is not None:
+            backbone = load_backbone(str(test_folder / "sd"), device, dtype)
+            backbone.name = model or "tiny"
+        defaults = {"semantic": DEFAULT_SEMANTIC_MODEL, "depth": DEFAULT_DEPTH_MODEL}
+        extras = {}
+        for kind, name, loader in (("semantic", semantic_model, load_semantic), ("depth", depth_model, load_depth)):
+            if name is False:
+                extras[kind] = None
+            elif name in TEST_MODEL_NAMES:
+                extras[kind] = loader(str(test_model_folder(name) / ("dinov2" if kind == "semantic" else kind)), device)
+            elif name is None and test_folder is not None:
+                extras[kind] = loader(str(test_folder / ("dinov2" if kind == "semantic" else kind)), device)
+            else:
+                extras[kind] = loader(name or defaults[kind], device)
+        pipe = cls(backbone, extras["semantic"], extras["depth"], cache=cache)
+        pipe.test_models = test_folder is not None
+        return pipe
+
+    # ------------------------------------------------------------------ stage 1a
+    @torch.no_grad()
+    def prepare(self, content, styles: Sequence, *, size: int | tuple[int, int] = 512, keep_aspect: bool = False) -> Prepared:
+        """Read and validate the content image and style references, resize to ``size``, encode with the VAE.
+
+        ``size``: working size, an int or (height, width), multiples of 64 (default 512 as in the paper).
+        ``keep_aspect``: scale to cover and centre-crop instead of stretching.
+        """
+        if isinstance(styles, (str, Image.Image, np.ndarray)) or not hasattr(styles, "__len__"):
+            styles = [styles]
+        if len(styles) == 0:
+            raise StyleGalleryError("no style images given: pass at least one style reference")
+        hw = check_size(size)
+        loaded = [load_image(content)] + [load_image(s) for s in styles]
+        images = [fit_to_size(img, hw, keep_aspect) for img, _, _ in loaded]
+        pixels = torch.stack([torch.from_numpy(np.array(img)).permute(2, 0, 1) for img in images])
+        scaled = pixels.to(self.device, self.dtype) / 127.5 - 1.0
+        latents = [self.vae.encode(x[None]).latent_dist.mean for x in scaled]
+        latents = torch.cat(latents).float() * self.vae.config.scaling_factor
+        return Prepared([n for _, n, _ in loaded], [h for _, _, h in loaded], pixels, latents.cpu(), self.backbone.fingerprint)
+
+    # ------------------------------------------------------------------ stage 1b
+    def invert(self, prepared: Prepared, *, inversion_steps: int = 15, weight_steepness: float = 5.0,
+               weight_midpoint: float = 0.7, progress: bool = True) -> Inversion:
+        """DDIM inversion of every image with capture of the decoder features at latent resolution.
+
+        ``inversion_steps``: DDIM steps (default 15). Per-step features are averaged with weights
+        ``1 / (1 + exp(weight_steepness * (i / n - weight_midpoint)))`` (early steps weigh most).
+        Results are cached by image hash, model and settings, so re-running never inverts twice.
+        """
+        check_settings(inversion_steps=inversion_steps)
+        self._check_model(prepared)
+        weights = temporal_weights(inversion_steps, weight_steepness, weight_midpoint)
+        grid = tuple(prepared.latents.shape[-2:])
+        keys = [cache_key(kind="inversion", model=self.backbone.fingerprint, image=h, grid=grid,
+                          steps=inversion_steps, weights=weights.tolist()) for h in prepared.hashes]
+        found = [self.inversion_cache.get(k) for k in keys]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        timesteps = None
+        if missing:
+            bar = tqdm(total=inversion_steps, desc="invert", disable=not progress, leave=False)
+            latents = prepared.latents[missing]
+            embedding = self.backbone.embedding.expand(len(missing), -1, -1)
+            trajectory, timesteps, per_step = invert(self.unet, self.scheduler, latents, embedding,
+                                                     inversion_steps, self.feature_block, bar)
+            bar.close()
+            features = aggregate_features(per_step, weights, grid)
+            for row, i in enumerate(missing):
+                found[i] = {"trajectory": trajectory[row], "features": features[row], "timesteps": torch.tensor(timesteps)}
+                self.inversion_cache.put(keys[i], found[i])
+        timesteps = found[0]["timesteps"].tolist()
+        return Inversion(
+            torch.stack([e["trajectory"].float() for e in found]),
+            torch.stack([e["features"].float() for e in found]),
+            timesteps, weights.tolist(),
+            {"inversion_steps": inversion_steps, "weight_steepness": weight_steepness, "weight_midpoint": weight_midpoint},
+        )
+
+    # ------------------------------------------------------------------ stage 2
+    @torch.no_grad()
+    def depth_maps(self, prepared: Prepared) -> list[np.ndarray] | None:
+        """Normalised (0..1) depth of every image on the latent grid, or None without a depth model."""
+        if self.depth_model is None:
+            return None
+        grid = tuple(prepared.latents.shape[-2:])
+        maps = []
+        for i in range(len(prepared.names)):
+            inputs = self.depth_processor(images=prepared.image(i), return_tensors="pt").to(self.depth_model.device)
+            depth = self.depth_model(**inputs).predicted_depth[:, None].float()
+            depth = F.interpolate(depth, size=grid, mode="bilinear", align_corners=False)[0, 0]
+            depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-8)
+            maps.append(depth.cpu().numpy())
+        return maps
+
+    def segment(
+        self,
+        prepared: Prepared,
+        inversion: Inversion,
+        *,
+        max_clusters: int = 10,
+        n_clusters: int | Sequence[int | None] | None = None,
+        n_components: int = 60,
+        n_init: int = 10,
+        silhouette_sample: int = 5000,
+        merge_threshold: float = 0.85,
+        use_depth: bool = True,
+        depth_span: float = 0.75,
+        depth_merge_threshold: float = 0.35,
+        depth_difference: float = 0.3,
+        user_masks: dict | None = None,
+        min_region_size: int = 20,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> Segmentation:
+        """Cluster every image's diffusion features into regions (DESIGN.md stage 2).
+
+        ``max_clusters``: largest k tried (k = 2..max_clusters, best silhouette wins; default 10).
+        ``n_clusters``: force k, for all images (int) or per image (list, None = automatic); no merging then.
+        ``merge_threshold``: merge regions whose mean latents are closer than this (0.85).
+        ``use_depth``: split regions spanning ``depth_span`` of depth, then merge pairs closer than
+        ``depth_merge_threshold`` in latent and ``depth_difference`` in depth (needs the depth model).
+        ``user_masks``: {image index: (h, w) or (H, W) int array}; each non-zero label becomes a region.
+        ``min_region_size``: 4-connected specks smaller than this many latent pixels join their neighbours.
+        """
+        check_settings(max_clusters=max_clusters)
+        count = len(prepared.names)
+        forced = list(n_clusters) if isinstance(n_clusters, (list, tuple)) else [n_clusters] * count
+        if len(forced) != count:
+            raise StyleGalleryError(f"n_clusters has {len(forced)} entries for {count} images")
+        for k in forced:
+            if k is not None and k < 1:
+                raise StyleGalleryError(f"n_clusters must be at least 1 (got {k})")
+        depths = self.depth_maps(prepared) if use_depth else None
+        grid = tuple(prepared.latents.shape[-2:])
+        labels, scores, chosen = [], [], []
+        for i in tqdm(range(count), desc="segment", disable=not progress, leave=False):
+            mask = None if not user_masks or i not in user_masks else _mask_to_grid(user_masks[i], grid)
+            lab, sc, k = segment_features(
+                inversion.features[i].numpy(), prepared.latents[i].numpy(),
+                max_clusters=max_clusters, n_clusters=forced[i], n_components=n_components, n_init=n_init,
+                silhouette_sample=silhouette_sample, merge_threshold=merge_threshold,
+                depth=None if depths is None else depths[i], depth_span=depth_span,
+                depth_merge_threshold=depth_merge_threshold, depth_difference=depth_difference,
+                user_mask=mask, min_region_size=min_region_size, seed=seed,
+            )
+            labels.append(torch.from_numpy(lab).long())
+            scores.append({str(key): value for key, value in sc.items()})
+            chosen.append(int(k))
+        settings = dict(max_clusters=max_clusters, n_clusters=forced, merge_threshold=merge_threshold,
+                        use_depth=depths is not None, min_region_size=min_region_size, seed=seed)
+        return Segmentation(torch.stack(labels), scores, chosen, settings)
+
+    # ------------------------------------------------------------------ stage 3
+    @torch.no_grad()
+    def semantic_tokens(self, prepared: Prepared, semantic_size: int = 224) -> list[torch.Tensor] | None:
+        """DINOv2 patch tokens (gh, gw, D) of every image (CLS dropped), or None without the model."""
+        if self.semantic_model is None:
+            return None
+        patch = self.semantic_model.config.patch_size
+        h, w = prepared.pixels.shape[-2:]
+        side = max(patch, semantic_size // patch * patch)
+        size = {"height": side, "width": max(patch, round(side * w / h / patch) * patch)}
+        out = []
+        for i in range(len(prepared.names)):
+            inputs = self.semantic_processor(images=prepared.image(i), do_center_crop=False, size=size, return_tensors="pt")
+            hidden = self.semantic_model(pixel_values=inputs.pixel_values.to(self.semantic_model.device)).last_hidden_state
+            gh, gw = size["height"] // patch, size["width"] // patch
+            out.append(hidden[0, 1 : 1 + gh * gw].reshape(gh, gw, -1).float().cpu())
+        return out
+
+    def match(
+        self,
+        prepared: Prepared,
+        inversion: Inversion,
+        segmentation: Segmentation,
+        *,
+        statistical_weight: float = 0.25,
+        semantic_weight: float = 1.0,
+        geometric_weight: float = 0.125,
+        block_threshold: float = 0.01,
+        semantic_size: int = 224,
+    ) -> Matching:
+        """Score every content region against every region of every reference and pick the best per region.
+
+        ``score = statistical_weight * statistical + semantic_weight * semantic + geometric_weight * geometric``
+        (0.25, 1.0, 0.125). ``block_threshold``: share of a DINOv2 patch block a region must cover for the
+        block's token to count (about 1%). ``semantic_size``: DINOv2 input height (224 gives a 16x16 grid).
+        """
+        labels = segmentation.labels
+        stats = [M.region_statistics(inversion.features[i], labels[i]) for i in range(len(labels))]
+        circles = [M.enclosing_circles(labels[i]) for i in range(len(labels))]
+        tokens = self.semantic_tokens(prepared, semantic_size) if semantic_weight else None
+        columns = [[j, s] for j in range(prepared.n_styles) for s in range(segmentation.n_regions(j + 1))]
+        stat = torch.cat([M.cosine_matrix(stats[0], stats[j + 1]) for j in range(prepared.n_styles)], 1)
+        geo = torch.cat([M.circle_iou(circles[0], circles[j + 1]) for j in range(prepared.n_styles)], 1)
+        if tokens is None:
+            sem = torch.zeros_like(stat)
+        else:
+            vec = [M.region_semantics(tokens[i], labels[i], block_threshold) for i in range(len(labels))]
+            sem = torch.cat([M.cosine_matrix(vec[0], vec[j + 1]) for j in range(prepared.n_styles)], 1)
+        score = statistical_weight * stat + semantic_weight * sem + geometric_weight * geo
+        best = score.argmax(1).tolist()
+        settings = dict(statistical_weight=statistical_weight, semantic_weight=semantic_weight if tokens is not None else 0.0,
+                        geometric_weight=geometric_weight, block_threshold=block_threshold, semantic_size=semantic_size)
+        return Matching(score, stat, sem, geo, columns, [list(columns[b]) for b in best], [], settings)
+
+    # ------------------------------------------------------------------ stage 4
+    def _attention_features(self, prepared: Prepared, t: int, layers: list[int], precision: torch.dtype):
+        """Content queries and style keys/values of the loss layers at timestep ``t``, cached per image."""
+        grid = tuple(prepared.latents.shape[-2:])
+        roles = ["content"] + ["style"] * prepared.n_styles
+        keys = [cache_key(kind="attention", model=self.backbone.fingerprint, image=h, grid=grid, t=int(t),
+                          layers=layers, role=role, dtype=str(self.dtype)) for h, role in zip(prepared.hashes, roles)]
+        entries = [self.feature_cache.get(k, self.device, self.dtype) for k in keys]
+        missing = [i for i, e in enumerate(entries) if e is None]
+        if missing:
+            latents = prepared.latents[missing].to(self.device, self.dtype)
+            embedding = self.backbone.embedding.expand(len(missing), -1, -1)
+            with torch.no_grad():
+                records = self.recorder.run(self.unet, latents, t, embedding, keep=("q", "k", "v"))
+            for row, i in enumerate(missing):
+                names = ("q",) if roles[i] == "content" else ("k", "v")
+                entry = {f"{n}{layer}": records[layer][n][row].to(precision).to(self.dtype) for layer in layers for n in names}
+                self.feature_cache.put(keys[i], entry)
+                entries[i] = entry
+        content = {layer: entries[0][f"q{layer}"] for layer in layers}
+        style_k = {layer: torch.cat([e[f"k{layer}"] for e in entries[1:]], dim=1) for layer in layers}
+        style_v = {layer: torch.cat([e[f"v{layer}"] for e in entries[1:]], dim=1) for layer in layers}
+        return content, style_k, style_v
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """VAE-decode a latent (1, 4, h, w) to uint8 pixels (3, H, W)."""
+        decoded = self.vae.decode(latent.to(self.device, self.dtype) / self.vae.config.scaling_factor).sample
+        return to_pixels(decoded[0])
+
+    def stylize(
+        self,
+        prepared: Prepared,
+        inversion: Inversion,
+        segmentation: Segmentation,
+        matching: Matching,
+        *,
+        steps: int = 150,
+        iters: int = 1,
+        lr: float = 0.05,
+        c_ratio: float = 0.26,
+        query_scale: float = 1.5,
+        region_attention: str = "masked",
+        loss_layers: Sequence[int] | None = None,
+        feature_precision: torch.dtype = torch.float16,
+        gradient_checkpointing: bool = False,
+        callback: Callable[[StepInfo], bool | None] | None = None,
+        preview_every: int = 0,
+        progress: bool = True,
+    ) -> Stylization:
+        """Optimize the content's inverted latent under ``style loss + c_ratio * content loss``, then decode.
+
+        ``steps``: scheduler timesteps from noisy to clean (150); ``iters``: Adam steps per timestep (1);
+        ``lr``: Adam learning rate (0.05); ``c_ratio``: content-loss weight (0.26); ``query_scale``: scale of
+        the content queries in the target attention (1.5); ``region_attention``: ``"masked"`` (queries attend
+        only inside their matched region) or ``"zeroed"`` (the authors' masking); ``loss_layers``: self-attention
+        call indices (default: decoder layers at the two highest resolutions); ``feature_precision``: dtype the
+        cached attention features are rounded to (half precision by default, cached or not, so a re-run gives
+        the same image). ``callback(info)`` runs after every step; returning True stops early and keeps the
+        current latent. ``preview_every``: decode a preview into ``info.preview`` every N steps (0 = never).
+        """
+        check_settings(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, region_attention=region_attention)
+        self._check_model(prepared)
+        layers = sorted(self.default_loss_layers if loss_layers is None else loss_layers)
+        labels = segmentation.labels
+        n_regions = segmentation.n_regions(0)
+        if len(matching.matches) != n_regions:
+            raise StyleGalleryError("the matching does not belong to this segmentation: run match again")
+        self.scheduler.set_timesteps(steps)
+        timesteps = [int(t) for t in self.scheduler.timesteps]
+
+        z_t = inversion.final_latents[:1].to(self.device, torch.float32)
+        z = ((z_t - z_t.mean(1, keepdim=True)) / z_t.std(1, keepdim=True)).requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=lr)
+        self.unet.train(gradient_checkpointing)  # checkpointing in diffusers is active in training mode only
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        plans: dict[int, object] = {}
+        history: list[dict] = []
+        stopped = False
+        total = steps * iters
+        bar = tqdm(total=total, desc="stylize", disable=not progress, leave=False)
+        embedding = self.backbone.embedding
+        try:
+            step = 0
+            for t in timesteps:
+                q_content, style_k, style_v = self._attention_features(prepared, t, layers, feature_precision)
+                targets = {}
+                for layer in layers:
+                    tokens = q_content[layer].shape[1]
+                    if tokens not in plans:
+                        plans[tokens] = region_plan(labels[0], list(labels[1:]), matching.matches, tokens, self.device)
+                    with torch.no_grad():
+                        targets[layer] = style_targets(q_content[layer], style_k[layer], style_v[layer],
+                                                       plans[tokens], region_attention, query_scale)
+                for _ in range(iters):
+                    records = self.recorder.run(self.unet, z.to(self.dtype), t, embedding, keep=("q", "o"))
+                    l_content = sum(content_loss(records[l]["q"][0], q_content[l]) for l in layers)
+                    per_region = sum(
+                        region_style_loss(records[l]["o"][0], targets[l], plans[q_content[l].shape[1]], n_regions, region_attention)
+                        for l in layers
+                    )
+                    l_style = per_region.sum()
+                    loss = l_style + c_ratio * l_content
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    bar.update(1)
+                    record = dict(step=step, timestep=t, total=loss.item(), content=float(l_content.detach()), style=l_style.item(),
+                                  style_per_region={str(r): v for r, v in enumerate(per_region.detach().tolist())})
+                    history.append(record)
+                    if callback is not None:
+                        preview = None
+                        if preview_every and (step % preview_every == 0 or step == total):
+                            preview = Image.fromarray(self.decode(z.detach()).permute(1, 2, 0).numpy())
+                        info = StepInfo(step, total, t, record["total"], record["content"], record["style"],
+                                        {int(k): v for k, v in record["style_per_region"].items()}, z.detach().clone(), preview)
+                        if callback(info):
+                            stopped = True
+                            break
+                if stopped:
+                    break
+        finally:
+            bar.close()
+            self.unet.eval()
+            if gradient_checkpointing:
+                self.unet.disable_gradient_checkpointing()
+        latent = z.detach()
+        settings = dict(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, query_scale=query_scale,
+                        region_attention=region_attention, loss_layers=layers)
+        return Stylization(latent.cpu(), self.decode(latent), history, stopped, settings)
+
+    # ------------------------------------------------------------------ one call
+    def __call__(self, content, styles: Sequence, **settings) -> StyleGalleryOutput:
+        """Run all stages; ``settings`` are the keyword parameters of the stage methods (e.g. ``size``,
+        ``max_clusters``, ``c_ratio``, ``steps``)."""
+        by_stage = {}
+        for stage in STAGES:
+            params = inspect.signature(getattr(self, stage)).parameters
+            by_stage[stage] = {k: settings.pop(k) for k in list(settings) if k in params and k != "progress"}
+        progress = settings.pop("progress", True)
+        if settings:
+            raise StyleGalleryError(f"unknown setting(s): {', '.join(sorted(settings))}")
+        timings = {}
+
+        def timed(stage, *args):
+            start = time.perf_counter()
+            kwargs = dict(by_stage[stage], **({"progress": progress} if stage not in ("prepare", "match") else {}))
+            result = getattr(self, stage)(*args, **kwargs)
+            timings[stage] = time.perf_counter() - start
+            return result
+
+        prepared = timed("prepare", content, styles)
+        inversion = timed("invert", prepared)
+        segmentation = timed("segment", prepared, inversion)
+        matching = timed("match", prepared, inversion, segmentation)
+        stylization = timed("stylize", prepared, inversion, segmentation, matching)
+        return StyleGalleryOutput(stylization.image, prepared, inversion, segmentation, matching, stylization, timings)
+
+    def _check_model(self, prepared: Prepared) -> None:
+        if prepared.model != self.backbone.fingerprint:
+            raise StyleGalleryError("these prepared images were encoded by another model: run prepare again with this one")
+
+
+def _mask_to_grid(mask, grid: tuple[int, int]) -> np.ndarray:
+    """A user mask (latent grid or image size, or a PIL image) as an int array on the latent grid."""
+    array = np.asarray(mask)
+    if array.ndim == 3:
+        array = array[..., 0]
+    if array.shape != grid:
+        resized = Image.fromarray(array.astype(np.int32)).resize((grid[1], grid[0]), Image.Resampling.NEAREST)
+        array = np.asarray(resized)
+    return array.astype(np.int64)

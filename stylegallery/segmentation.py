@@ -1,0 +1,165 @@
+"""Adaptive clustering of diffusion features into semantic regions (DESIGN.md, stage 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import StandardScaler
+
+from .errors import StyleGalleryError
+
+
+def project_features(features: np.ndarray, n_components: int = 60, seed: int = 0) -> np.ndarray:
+    """(C, h, w) features -> (h*w, min(C, n_components)) standardised principal components."""
+    c = features.shape[0]
+    points = features.reshape(c, -1).T.astype(np.float64)
+    points = StandardScaler().fit_transform(points)
+    k = min(c, n_components, points.shape[0])
+    return PCA(n_components=k, random_state=seed).fit_transform(points)
+
+
+def choose_k(points: np.ndarray, max_clusters: int, n_clusters: int | None, n_init: int, sample: int, seed: int):
+    """K-means for each k in 2..max_clusters scored by silhouette; returns (labels, {k: score}, chosen k).
+
+    With ``n_clusters`` given, only that k is fitted (its silhouette is still reported).
+    """
+    ks = [n_clusters] if n_clusters else list(range(2, max_clusters + 1))
+    ks = [k for k in ks if k < len(points)]
+    if not ks:
+        raise StyleGalleryError(f"cannot cluster {len(points)} feature points into {max_clusters} regions")
+    rng = np.random.default_rng(seed)
+    subset = rng.choice(len(points), size=min(sample, len(points)), replace=False)
+    scores, fits = {}, {}
+    for k in ks:
+        labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(points)
+        fits[k] = labels
+        sub = labels[subset]
+        scores[k] = float(silhouette_score(points[subset], sub)) if len(np.unique(sub)) > 1 else -1.0
+    best = max(scores, key=lambda k: scores[k])
+    return fits[best], scores, best
+
+
+def _region_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` (C, h*w) over each label of ``labels`` (h*w,) -> (n, C)."""
+    n = labels.max() + 1
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    sums = np.stack([np.bincount(labels, weights=v, minlength=n) for v in values], axis=1)
+    return sums / np.maximum(counts, 1)[:, None]
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels to 0..n-1 in order of first appearance (row-major)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inverse].reshape(labels.shape)
+
+
+def merge_close(labels: np.ndarray, latent: np.ndarray, threshold: float, depth=None, depth_threshold=None):
+    """Merge the closest pair of regions while their mean latent vectors lie closer than ``threshold``.
+
+    With ``depth`` given, a pair only merges if its mean depths also differ by less than ``depth_threshold``.
+    """
+    labels = relabel(labels).ravel()
+    values = latent.reshape(latent.shape[0], -1)
+    while labels.max() > 0:
+        means = _region_means(values, labels)
+        dist = np.linalg.norm(means[:, None] - means[None], axis=-1)
+        if depth is not None:
+            d = _region_means(depth.reshape(1, -1), labels)[:, 0]
+            dist[np.abs(d[:, None] - d[None]) >= depth_threshold] = np.inf
+        np.fill_diagonal(dist, np.inf)
+        a, b = np.unravel_index(np.argmin(dist), dist.shape)
+        if dist[a, b] >= threshold:
+            break
+        labels[labels == max(a, b)] = min(a, b)
+        labels = relabel(labels)
+    return labels.reshape(latent.shape[1:])
+
+
+def split_by_depth(labels: np.ndarray, depth: np.ndarray, span: float, seed: int) -> np.ndarray:
+    """Split each region whose depth spans >= ``span`` (5th to 95th percentile) in two by 2-means on depth."""
+    out = labels.copy()
+    next_label = labels.max() + 1
+    for region in range(labels.max() + 1):
+        inside = labels == region
+        values = depth[inside]
+        if values.size < 2 or np.percentile(values, 95) - np.percentile(values, 5) < span:
+            continue
+        halves = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(values.reshape(-1, 1))
+        part = out[inside]
+        part[halves == 1] = next_label
+        out[inside] = part
+        next_label += 1
+    return out
+
+
+def apply_user_mask(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Every non-zero value of ``mask`` (same grid) becomes its own region, overriding the clusters."""
+    out = labels.copy() + 1
+    offset = out.max() + 1
+    for value in np.unique(mask):
+        if value != 0:
+            out[mask == value] = offset + int(value)
+    return relabel(out)
+
+
+def clean_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Give each 4-connected component smaller than ``min_size`` pixels the most common label on its border."""
+    labels = labels.copy()
+    for _ in range(4):  # a relabelled speck can touch another speck: repeat until stable
+        changed = False
+        for region in range(labels.max() + 1):
+            components, n = ndimage.label(labels == region)
+            if n == 0:
+                continue
+            sizes = np.bincount(components.ravel())
+            for comp in np.nonzero(sizes < min_size)[0]:
+                if comp == 0:
+                    continue
+                piece = components == comp
+                border = ndimage.binary_dilation(piece) & ~piece
+                neighbours = labels[border]
+                neighbours = neighbours[neighbours != region]
+                if neighbours.size:
+                    labels[piece] = np.bincount(neighbours).argmax()
+                    changed = True
+        if not changed:
+            break
+    return relabel(labels)
+
+
+def segment_features(
+    features: np.ndarray,
+    latent: np.ndarray,
+    *,
+    max_clusters: int = 10,
+    n_clusters: int | None = None,
+    n_components: int = 60,
+    n_init: int = 10,
+    silhouette_sample: int = 5000,
+    merge_threshold: float = 0.85,
+    depth: np.ndarray | None = None,
+    depth_span: float = 0.75,
+    depth_merge_threshold: float = 0.35,
+    depth_difference: float = 0.3,
+    user_mask: np.ndarray | None = None,
+    min_region_size: int = 20,
+    seed: int = 0,
+):
+    """Segment one image; returns (labels (h, w), {k: silhouette}, chosen k). See DESIGN.md stage 2."""
+    h, w = features.shape[1:]
+    points = project_features(features, n_components, seed)
+    flat, scores, k = choose_k(points, max_clusters, n_clusters, n_init, silhouette_sample, seed)
+    labels = flat.reshape(h, w)
+    if n_clusters is None:  # a forced k is the user's decision: do not merge it away
+        labels = merge_close(labels, latent, merge_threshold)
+    if depth is not None:
+        labels = split_by_depth(labels, depth, depth_span, seed)
+        labels = merge_close(labels, latent, depth_merge_threshold, depth, depth_difference)
+    if user_mask is not None:
+        labels = apply_user_mask(labels, user_mask)
+    labels = clean_small(labels, min_region_size)
+    return labels, scores, k

@@ -1,0 +1,41 @@
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """Tiny random-weight models written with save_pretrained (sd/, dinov2/, depth/)."""
+    from stylegallery.testing import make_test_models
+
+    return make_test_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def pipe(model_dir):
+    """A StyleGallery loaded from the saved tiny models through the normal loading code."""
+    from stylegallery import StyleGallery
+
+    return StyleGallery.from_pretrained(
+        str(model_dir / "sd"), semantic_model=str(model_dir / "dinov2"), depth_model=str(model_dir / "depth"), device="cpu"
+    )
+
+
+@pytest.fixture(scope="session")
+def planted_run(pipe):
+    """Content and two references of flat colour bands, prepared and inverted at 256 px."""
+    from synthetic import planted
+
+    content, labels = planted(256, "bands", ("red", "green", "blue"), seed=0)
+    ref1, _ = planted(256, "rows", ("blue", "red", "green"), seed=1)
+    ref2, _ = planted(256, "bands", ("yellow", "green", "red"), seed=2)
+    prepared = pipe.prepare(content, [ref1, ref2], size=256)
+    inversion = pipe.invert(prepared, progress=False)
+    return prepared, inversion, labels

@@ -1,0 +1,54 @@
+"""Loading models through from_pretrained, and clear errors for missing ones."""
+
+import pytest
+import torch
+
+from stylegallery import StyleGallery, StyleGalleryError
+from stylegallery.attention import default_loss_layers, feature_block_index, self_attention_names
+
+
+def test_saved_tiny_models_load_through_from_pretrained(pipe, model_dir):
+    assert (model_dir / "sd" / "model_index.json").is_file()
+    assert pipe.semantic_model is not None and pipe.depth_model is not None
+    assert pipe.device == torch.device("cpu") and pipe.dtype == torch.float32
+    # the layer roles of DESIGN.md exist in the tiny UNet as in SD 1.5
+    names = self_attention_names(pipe.unet)
+    assert all(names[i].startswith("up_blocks.") for i in default_loss_layers(pipe.unet))
+    assert feature_block_index(pipe.unet) == 0
+    assert pipe.backbone.embedding.shape[:2] == (1, 77)
+
+
+def test_sd15_layer_roles_match_design():
+    from diffusers import UNet2DConditionModel
+
+    from stylegallery.testing import _unet_config
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**_unet_config("sd15"))
+    assert len(self_attention_names(unet)) == 16
+    assert default_loss_layers(unet) == [10, 11, 12, 13, 14, 15]
+    assert feature_block_index(unet) == 2
+
+
+def test_missing_model_folder_gives_clear_error(tmp_path):
+    with pytest.raises(StyleGalleryError, match="not found"):
+        StyleGallery.from_pretrained(str(tmp_path / "nope"), semantic_model=False, depth_model=False, device="cpu")
+
+
+def test_folder_without_a_model_gives_clear_error(tmp_path):
+    with pytest.raises(StyleGalleryError, match="cannot load the diffusion model"):
+        StyleGallery.from_pretrained(str(tmp_path), semantic_model=False, depth_model=False, device="cpu")
+
+
+def test_unknown_hub_id_offline_gives_clear_error():
+    with pytest.raises(StyleGalleryError, match="cannot load the semantic model"):
+        from stylegallery.models import load_semantic
+
+        load_semantic("no-such-org/no-such-model", torch.device("cpu"))
+
+
+def test_impossible_device_is_refused():
+    from stylegallery.models import resolve_device
+
+    with pytest.raises(StyleGalleryError):
+        resolve_device("tpu")

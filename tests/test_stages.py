@@ -1,0 +1,157 @@
+"""The stages on synthetic images with planted regions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import adjusted_rand_score
+
+from stylegallery import Inversion, Matching, Prepared, Segmentation, Stylization, StyleGalleryError
+from stylegallery.inversion import ddim_inversion_step, temporal_weights
+
+
+def _planted_on_grid(labels, grid):
+    return np.array(Image.fromarray(labels.astype(np.uint8)).resize(grid[::-1], Image.NEAREST))
+
+
+def test_temporal_weights_follow_design():
+    n = 15
+    w = temporal_weights(n)
+    raw = np.array([1 / (1 + math.exp(5 * (i / n - 0.7))) for i in range(n)])
+    np.testing.assert_allclose(w.numpy(), raw / raw.sum(), rtol=1e-6)
+    assert abs(float(w.sum()) - 1) < 1e-6 and all(np.diff(w.numpy()) < 0)  # early steps weigh most
+
+
+def test_ddim_inversion_update_is_closed_form(pipe, planted_run):
+    prepared, inversion, _ = planted_run
+    alphas = pipe.scheduler.alphas_cumprod
+    t = inversion.timesteps
+    z0, z1, z2 = inversion.trajectories[0, 0], inversion.trajectories[0, 1], inversion.trajectories[0, 2]
+    with torch.no_grad():
+        eps = pipe.unet(z1[None], t[1], encoder_hidden_states=pipe.backbone.embedding).sample[0]
+    a1, a2 = float(alphas[t[0]]), float(alphas[t[1]])
+    x0 = (z1 - math.sqrt(1 - a1) * eps) / math.sqrt(a1)
+    expected = math.sqrt(a2) * x0 + math.sqrt(1 - a2) * eps
+    torch.testing.assert_close(z2, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ddim_inversion_step(z1, eps, a1, a2), expected)
+    assert torch.equal(z0, prepared.latents[0])
+    assert t == sorted(t) and len(t) == 15 and inversion.trajectories.shape[1] == 16
+
+
+def test_segmentation_recovers_planted_regions(pipe, planted_run):
+    prepared, inversion, planted = planted_run
+    seg = pipe.segment(prepared, inversion, use_depth=False, progress=False)
+    found = seg.labels[0].numpy()
+    truth = _planted_on_grid(planted, found.shape)
+    ari = adjusted_rand_score(truth.ravel(), found.ravel())
+    assert ari >= 0.7
+    majority = []
+    for region in range(3):
+        counts = np.bincount(found[truth == region])
+        majority.append(counts.argmax())
+        assert counts.max() / counts.sum() >= 0.65  # each planted area lies mostly in one region
+    assert len(set(majority)) == 3  # ... and the three areas are three different regions
+    assert set(seg.silhouette[0]) == {str(k) for k in range(2, 11)}
+
+
+def test_depth_splits_a_region_spanning_depth():
+    from stylegallery.segmentation import split_by_depth
+
+    labels = np.zeros((16, 16), dtype=np.int64)
+    depth = np.tile(np.linspace(0, 1, 16), (16, 1))
+    split = split_by_depth(labels, depth, span=0.75, seed=0)
+    assert set(np.unique(split)) == {0, 1}
+    assert (split[:, :4] == split[0, 0]).all() and (split[:, -4:] != split[0, 0]).all()
+    assert (split_by_depth(labels, depth * 0.5, span=0.75, seed=0) == 0).all()  # spans too little
+
+
+def test_small_specks_join_their_neighbours():
+    from stylegallery.segmentation import clean_small
+
+    labels = np.zeros((16, 16), dtype=np.int64)
+    labels[:, 8:] = 1
+    labels[3:5, 3:5] = 2  # a 4-pixel speck inside region 0
+    cleaned = clean_small(labels, 20)
+    assert cleaned[3, 3] == cleaned[0, 0] and len(np.unique(cleaned)) == 2
+
+
+def test_forced_k_and_merge(pipe, planted_run):
+    prepared, inversion, _ = planted_run
+    seg = pipe.segment(prepared, inversion, n_clusters=[5, None, None], use_depth=False, min_region_size=1, progress=False)
+    assert seg.chosen_k[0] == 5 and seg.n_regions(0) == 5
+    merged = seg.merge(0, 0, 1)
+    assert merged.n_regions(0) == 4
+    assert merged.region_sizes(0)[0] == seg.region_sizes(0)[0] + seg.region_sizes(0)[1]
+    with pytest.raises(StyleGalleryError):
+        seg.merge(0, 0, 9)
+
+
+def test_user_mask_becomes_a_region(pipe, planted_run):
+    prepared, inversion, _ = planted_run
+    mask = np.zeros((256, 256), dtype=np.int64)
+    mask[96:160, 96:160] = 1
+    seg = pipe.segment(prepared, inversion, user_masks={0: mask}, use_depth=False, progress=False)
+    inside = seg.labels[0][12:20, 12:20]
+    assert (inside == inside[0, 0]).all()
+    assert (seg.labels[0] == inside[0, 0]).sum() == 64
+
+
+def test_like_matches_like_across_two_references(pipe, planted_run):
+    prepared, inversion, planted = planted_run
+    seg = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
+    matching = pipe.match(prepared, inversion, seg)
+    assert matching.score.shape == (seg.n_regions(0), sum(seg.n_regions(i) for i in (1, 2)))
+    torch.testing.assert_close(
+        matching.score, 0.25 * matching.statistical + matching.semantic + 0.125 * matching.geometric
+    )
+    # content bands are red, green, blue; reference 0 has blue/red/green rows, reference 1 yellow/green/red bands
+    content = _planted_on_grid(planted, seg.labels.shape[1:])
+    colour_of = {}
+    for r in range(seg.n_regions(0)):
+        colour_of[r] = np.bincount(content[seg.labels[0].numpy() == r]).argmax()
+    from synthetic import planted as make
+
+    _, rows = make(256, "rows", ("blue", "red", "green"))
+    _, bands = make(256, "bands", ("yellow", "green", "red"))
+    names = {0: ["blue", "red", "green"], 1: ["yellow", "green", "red"]}
+    maps = {0: _planted_on_grid(rows, content.shape), 1: _planted_on_grid(bands, content.shape)}
+    hits = 0
+    for r, (ref, region) in enumerate(matching.matches):
+        style_colour = names[ref][np.bincount(maps[ref][seg.labels[ref + 1].numpy() == region]).argmax()]
+        hits += style_colour == ["red", "green", "blue"][colour_of[r]]
+    assert hits >= 2  # like matches like, picking the reference that has the colour
+    blue = [r for r in colour_of if colour_of[r] == 2]
+    assert all(matching.matches[r][0] == 0 for r in blue)  # only reference 0 has blue
+
+
+def test_override_and_keep_content(pipe, planted_run):
+    prepared, inversion, _ = planted_run
+    seg = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
+    matching = pipe.match(prepared, inversion, seg)
+    matching.override(0, 1, 2)
+    matching.keep_content(1)
+    table = matching.table()
+    assert (table[0]["style_image"], table[0]["style_region"], table[0]["overridden"]) == (1, 2, True)
+    assert table[1]["style_image"] is None
+    with pytest.raises(StyleGalleryError):
+        matching.override(0, 5, 0)
+
+
+def test_stages_save_and_load_without_pickle(pipe, planted_run, tmp_path):
+    prepared, inversion, _ = planted_run
+    seg = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
+    matching = pipe.match(prepared, inversion, seg)
+    matching.keep_content(0)
+    for result, cls in ((prepared, Prepared), (inversion, Inversion), (seg, Segmentation), (matching, Matching)):
+        path = result.save(tmp_path / f"{cls.stage}.safetensors")
+        loaded = cls.load(path)
+        for name, value in vars(result).items():
+            other = getattr(loaded, name)
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+    with pytest.raises(StyleGalleryError, match="not a segment result"):
+        Segmentation.load(tmp_path / "match.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(StyleGalleryError, match="not a readable"):
+        Matching.load(tmp_path / "bad.safetensors")

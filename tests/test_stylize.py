@@ -1,0 +1,141 @@
+"""Stylize: loss descent, the region attention modes, callbacks, determinism, re-running from saved stages."""
+
+import math
+
+import pytest
+import torch
+
+from stylegallery import Matching, Prepared, Segmentation, Inversion, StyleGalleryError
+from stylegallery.style_loss import region_plan, region_style_loss, style_targets
+
+
+@pytest.fixture(scope="module")
+def staged(pipe, planted_run):
+    prepared, inversion, _ = planted_run
+    seg = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
+    return prepared, inversion, seg, pipe.match(prepared, inversion, seg)
+
+
+def test_stylize_lowers_the_total_loss(pipe, staged):
+    result = pipe.stylize(*staged, steps=30, progress=False)
+    totals = [h["total"] for h in result.history]
+    assert len(totals) == 30
+    assert sum(totals[-5:]) < 0.85 * sum(totals[:5])
+    assert result.image.size == (256, 256)
+    h = result.history[0]
+    assert math.isclose(h["total"], h["style"] + 0.26 * h["content"], rel_tol=1e-4)
+    assert math.isclose(h["style"], sum(h["style_per_region"].values()), rel_tol=1e-4)
+
+
+def _toy_plan():
+    # 4 content queries: regions [0, 0, 1, 1]; region 0 -> (ref 0, region 1), region 1 -> (ref 1, region 0)
+    content = torch.tensor([[0, 0], [1, 1]])
+    style = [torch.tensor([[0, 1], [0, 1]]), torch.tensor([[0, 0], [1, 1]])]
+    return region_plan(content, style, [[0, 1], [1, 0]], tokens=4, device="cpu")
+
+
+def test_masked_region_attention_attends_only_inside_the_matched_region():
+    plan = _toy_plan()
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 8), torch.randn(1, 8, 8), torch.eye(8)[None]  # identity values expose the weights
+    weights = style_targets(q, k, v, plan, "masked", 1.0)[0]  # (4 queries, 8 keys): attention weights
+    allowed = torch.tensor([[0, 1, 0, 1, 0, 0, 0, 0]] * 2 + [[0, 0, 0, 0, 1, 1, 0, 0]] * 2, dtype=torch.bool)
+    assert torch.all(weights[~allowed] == 0)
+    torch.testing.assert_close(weights.sum(1), torch.ones(4))
+    logits = (q[0] @ k[0].T) / math.sqrt(8)
+    expected = torch.where(allowed, logits, torch.tensor(-torch.inf)).softmax(1)
+    torch.testing.assert_close(weights, expected)
+
+
+def test_zeroed_region_attention_keeps_weight_on_zeroed_keys():
+    plan = _toy_plan()
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 8), torch.randn(1, 8, 8), torch.eye(8)[None]
+    out = style_targets(q, k, v, plan, "zeroed", 1.0)[0]
+    assert torch.all(out[:2, [0, 2]] == 0) and torch.all(out[:, 4:][:2] == 0)
+    assert torch.all(out[:2].sum(1) < 1)  # zeroed keys of the same reference took weight (logit 0)
+
+
+def test_region_loss_normalisation():
+    plan = _toy_plan()
+    out, target = torch.zeros(1, 4, 2), torch.ones(1, 4, 2)
+    target[0, 2:] = 3
+    torch.testing.assert_close(region_style_loss(out, target, plan, 2, "masked"), torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(region_style_loss(out, target, plan, 2, "zeroed"), torch.tensor([0.5, 1.5]))
+    plan.query_reference[2:] = -1  # region 1 keeps its content
+    assert region_style_loss(out, target, plan, 2, "masked")[1] == 0
+
+
+def test_both_modes_run_and_differ(pipe, staged):
+    a = pipe.stylize(*staged, steps=3, progress=False, region_attention="masked")
+    b = pipe.stylize(*staged, steps=3, progress=False, region_attention="zeroed")
+    assert not torch.equal(a.latent, b.latent)
+
+
+def test_callback_sees_every_step_and_can_stop_early(pipe, staged):
+    seen = []
+
+    def callback(info):
+        seen.append((info.step, info.timestep, info.preview is not None))
+        return info.step == 4
+
+    result = pipe.stylize(*staged, steps=10, preview_every=2, callback=callback, progress=False)
+    assert result.stopped_early and len(result.history) == 4 and len(seen) == 4
+    assert [s[2] for s in seen] == [False, True, False, True]
+    assert seen[0][1] > seen[-1][1]  # from noisy to clean
+    assert result.image.size == (256, 256)
+
+
+def test_same_seed_same_settings_same_image(pipe, staged, planted_run):
+    first = pipe.stylize(*staged, steps=4, progress=False)
+    pipe.feature_cache.clear()  # recomputed features must give the identical image
+    second = pipe.stylize(*staged, steps=4, progress=False)
+    assert torch.equal(first.pixels, second.pixels)
+    prepared, inversion, _ = planted_run
+    seg_a = pipe.segment(prepared, inversion, use_depth=False, progress=False)
+    seg_b = pipe.segment(prepared, inversion, use_depth=False, progress=False)
+    assert torch.equal(seg_a.labels, seg_b.labels)
+
+
+def test_rerun_match_and_stylize_from_saved_stages(pipe, staged, tmp_path):
+    prepared, inversion, seg, matching = staged
+    for result in (prepared, inversion, seg, matching):
+        result.save(tmp_path / f"{result.stage}.safetensors")
+    p, i, s = (cls.load(tmp_path / f"{cls.stage}.safetensors") for cls in (Prepared, Inversion, Segmentation))
+    rematched = pipe.match(p, i, s)
+    assert rematched.matches == matching.matches
+    rematched.keep_content(0)
+    from_disk = pipe.stylize(p, i, s, Matching.load(tmp_path / "match.safetensors"), steps=3, progress=False)
+    direct = pipe.stylize(prepared, inversion, seg, matching, steps=3, progress=False)
+    assert torch.equal(from_disk.pixels, direct.pixels)
+    kept = pipe.stylize(p, i, s, rematched, steps=3, progress=False)
+    assert kept.history[0]["style_per_region"]["0"] == 0
+
+
+def test_feature_cache_serves_a_rerun(pipe, staged):
+    pipe.feature_cache.clear()
+    pipe.stylize(*staged, steps=3, progress=False)
+    hits, size = pipe.feature_cache.hits, pipe.feature_cache.nbytes
+    assert size > 0
+    pipe.stylize(*staged, steps=3, c_ratio=0.5, progress=False)
+    assert pipe.feature_cache.hits == hits + 3 * 3  # every image at every timestep came from the cache
+
+
+def test_impossible_stylize_settings(pipe, staged):
+    with pytest.raises(StyleGalleryError, match="c_ratio"):
+        pipe.stylize(*staged, steps=2, c_ratio=-0.1, progress=False)
+    with pytest.raises(StyleGalleryError, match="region_attention"):
+        pipe.stylize(*staged, steps=2, region_attention="both", progress=False)
+
+
+def test_one_call(pipe):
+    from synthetic import planted
+
+    content, _ = planted(128, "bands")
+    style, _ = planted(128, "rows", ("yellow", "green", "red"))
+    out = pipe(content, [style], size=128, steps=3, inversion_steps=4, max_clusters=4, progress=False)
+    assert out.image.size == (128, 128)
+    assert set(out.timings) == {"prepare", "invert", "segment", "match", "stylize"}
+    assert len(out.stylization.history) == 3
+    with pytest.raises(StyleGalleryError, match="unknown setting"):
+        pipe(content, [style], size=128, colour="red")
