@@ -3,10 +3,11 @@
 from .cache import TensorCache
 from .errors import StyleGalleryError
 from .pipeline import STAGES, StepInfo, StyleGallery, StyleGalleryOutput
+from .session import Session
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 
 __all__ = [
-    "STAGES", "Inversion", "Matching", "Prepared", "Segmentation", "StepInfo", "StyleGallery",
+    "STAGES", "Inversion", "Matching", "Prepared", "Segmentation", "Session", "StepInfo", "StyleGallery",
     "StyleGalleryError", "StyleGalleryOutput", "Stylization", "TensorCache",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""A stylization session: every stage's settings and result for one content image, re-running only what changed."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+from .errors import StyleGalleryError
+from .pipeline import STAGES, StyleGallery
+from .results import Inversion, Matching, Prepared, Segmentation, Stylization
+
+RESULT_TYPES = dict(zip(STAGES, (Prepared, Inversion, Segmentation, Matching, Stylization)))
+_RUNTIME = {"progress", "callback"}
+
+
+class Session:
+    """Settings and results of the five stages for one content image and its references.
+
+    Changing a stage's settings (:meth:`set`) or editing its result (:meth:`replace`) marks that stage and every
+    later one stale; :meth:`run` re-runs only the stale stages up to the one asked for.
+    """
+
+    def __init__(self, pipe: StyleGallery, content, styles, **settings):
+        self.pipe = pipe
+        self.content, self.styles = content, list(styles)
+        self.settings: dict[str, dict] = {stage: {} for stage in STAGES}
+        self.results: dict[str, object] = {stage: None for stage in STAGES}
+        self.timings: dict[str, float] = {}
+        self.set(**settings)
+
+    @staticmethod
+    def parameters(stage: str) -> dict[str, inspect.Parameter]:
+        """The settings a stage takes, with their defaults."""
+        params = inspect.signature(getattr(StyleGallery, stage)).parameters
+        return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in _RUNTIME}
+
+    def stage_of(self, name: str) -> str:
+        """Which stage a setting belongs to."""
+        for stage in STAGES:
+            if name in self.parameters(stage):
+                return stage
+        raise StyleGalleryError(f"unknown setting {name!r}")
+
+    def value(self, name: str):
+        """Current value of a setting (its default unless set)."""
+        stage = self.stage_of(name)
+        return self.settings[stage].get(name, self.parameters(stage)[name].default)
+
+    def set(self, **settings) -> list[str]:
+        """Change settings; returns the stages now stale. Setting a value to what it already is changes nothing."""
+        first = None
+        for name, value in settings.items():
+            stage = self.stage_of(name)
+            if _same(self.value(name), value):
+                continue
+            self.settings[stage][name] = value
+            first = stage if first is None or STAGES.index(stage) < STAGES.index(first) else first
+        if first is not None:
+            self._invalidate(first)
+        return self.stale
+
+    def set_images(self, content=None, styles=None) -> list[str]:
+        """Replace the content image and/or the references; everything is stale then."""
+        if content is not None:
+            self.content = content
+        if styles is not None:
+            self.styles = list(styles)
+        self._invalidate("prepare")
+        return self.stale
+
+    def replace(self, stage: str, result) -> list[str]:
+        """Put an edited result in place (e.g. merged regions, overridden matches); later stages become stale."""
+        if not isinstance(result, RESULT_TYPES[stage]):
+            raise StyleGalleryError(f"a {stage} result must be a {RESULT_TYPES[stage].__name__}")
+        self.results[stage] = result
+        later = STAGES.index(stage) + 1
+        if later < len(STAGES):
+            self._invalidate(STAGES[later])
+        return self.stale
+
+    def _invalidate(self, stage: str) -> None:
+        for later in STAGES[STAGES.index(stage):]:
+            self.results[later] = None
+
+    @property
+    def stale(self) -> list[str]:
+        """Stages without a current result, in order."""
+        return [stage for stage in STAGES if self.results[stage] is None]
+
+    def _inputs(self, stage: str) -> tuple:
+        if stage == "prepare":
+            return (self.content, self.styles)
+        return tuple(self.results[s] for s in STAGES[: STAGES.index(stage)])
+
+    def run(self, until: str = "stylize", *, progress: bool = True, callback=None, on_stage=None):
+        """Run the stale stages up to ``until`` and return its result.
+
+        ``callback`` goes to stylize (see :meth:`StyleGallery.stylize`); ``on_stage(stage, result, seconds)`` is
+        called after each stage that ran.
+        """
+        if until not in STAGES:
+            raise StyleGalleryError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
+        for stage in STAGES[: STAGES.index(until) + 1]:
+            if self.results[stage] is not None:
+                continue
+            kwargs = dict(self.settings[stage])
+            if stage in ("invert", "segment", "stylize"):
+                kwargs["progress"] = progress
+            if stage == "stylize" and callback is not None:
+                kwargs["callback"] = callback
+            start = time.perf_counter()
+            self.results[stage] = getattr(self.pipe, stage)(*self._inputs(stage), **kwargs)
+            self.timings[stage] = time.perf_counter() - start
+            if on_stage is not None:
+                on_stage(stage, self.results[stage], self.timings[stage])
+        return self.results[until]
+
+    def save(self, folder) -> Path:
+        """Write every finished stage's result as ``folder/<stage>.safetensors``."""
+        folder = Path(folder)
+        for stage, result in self.results.items():
+            if result is not None:
+                result.save(folder / f"{stage}.safetensors")
+        return folder
+
+    def load(self, folder) -> list[str]:
+        """Read the results saved by :meth:`save` (stopping at the first missing stage); returns what is stale."""
+        for stage in STAGES:
+            path = Path(folder) / f"{stage}.safetensors"
+            if not path.is_file():
+                self._invalidate(stage)
+                break
+            self.results[stage] = RESULT_TYPES[stage].load(path)
+        return self.stale
+
+    prepared = property(lambda self: self.results["prepare"])
+    inversion = property(lambda self: self.results["invert"])
+    segmentation = property(lambda self: self.results["segment"])
+    matching = property(lambda self: self.results["match"])
+    stylization = property(lambda self: self.results["stylize"])
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError, RuntimeError):  # arrays and tensors: compare by identity
+        return a is b
