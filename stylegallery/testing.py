@@ -254,7 +254,11 @@ def cached_test_models(arch: str = "tiny") -> Path:
     try:
         make_test_models(staging / "m", arch)
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging / "m", target)
+        try:
+            os.replace(staging / "m", target)
+        except OSError:  # another process finished the same build first
+            if not marker.is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
