@@ -1,0 +1,278 @@
+"""The widgets drive the engine: frontend messages and trait updates change the session's results.
+
+Each frontend action is simulated exactly as the kernel receives it: a custom message or a state update goes
+through ``Widget._handle_msg`` like a comm message from the browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("anywidget")
+pytest.importorskip("ipywidgets")
+
+from stylegallery import Session  # noqa: E402
+from stylegallery.widgets import Compare, LossMonitor, MatchMatrix, RegionView, StageExplorer  # noqa: E402
+
+SEGMENT = dict(max_clusters=4, use_depth=False)
+
+
+def frontend_message(widget, content: dict) -> None:
+    """Deliver a custom message from the view (``model.send(content)`` in JS), as the comm does."""
+    widget._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+
+def frontend_update(widget, **state) -> None:
+    """Deliver a state change from the view (``model.set(...); model.save_changes()`` in JS)."""
+    widget._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}}, "buffers": []})
+
+
+def png(data: bytes) -> Image.Image:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+@pytest.fixture(scope="module")
+def small_run(pipe):
+    """Content and two references of colour bands at 128 px, prepared and inverted (3 steps) once."""
+    from synthetic import planted
+
+    content, _ = planted(128, "bands", ("red", "green", "blue"), seed=0)
+    ref1, _ = planted(128, "rows", ("blue", "red", "green"), seed=1)
+    ref2, _ = planted(128, "bands", ("yellow", "green", "red"), seed=2)
+    prepared = pipe.prepare(content, [ref1, ref2], size=128)
+    return prepared, pipe.invert(prepared, inversion_steps=3, progress=False)
+
+
+@pytest.fixture()
+def session(pipe, small_run):
+    """A fresh session on the small run's prepare and invert results, run up to match (up to 4 regions)."""
+    prepared, inversion = small_run
+    images = [prepared.image(i) for i in range(len(prepared.names))]
+    s = Session(pipe, images[0], images[1:], size=128, inversion_steps=3, steps=4, **SEGMENT)
+    s.replace("prepare", prepared)
+    s.replace("invert", inversion)
+    s.run("match", progress=False)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------- MatchMatrix
+def test_a_click_on_a_matrix_cell_overrides_the_match_at_once(session):
+    matrix = MatchMatrix(session)
+    session.run(progress=False)
+    matching = session.matching
+    assert matrix.matches == matching.matches and len(matrix.score) == len(matching.matches)
+    assert set(matrix.parts) == {"statistical", "semantic", "geometric"} and matrix.columns == matching.columns
+    row = 0
+    target = next(j for j, c in enumerate(matching.columns) if c != matching.matches[row])
+    frontend_message(matrix, {"type": "pick", "row": row, "col": target})
+    assert matching.matches[row] == matching.columns[target]
+    table = matching.table()[row]
+    assert table["overridden"] and [table["style_image"], table["style_region"]] == matching.columns[target]
+    assert table["score"] == pytest.approx(float(matching.score[row, target]))
+    assert matrix.matches[row] == matching.columns[target] and matrix.overridden == [row]
+    assert session.matching is matching and session.stale == ["stylize"]
+    assert "region" in matrix.status
+
+    frontend_message(matrix, {"type": "pick", "row": row, "col": 999})  # a bad click reports, never raises
+    assert matrix.status.startswith("⚠") and matching.matches[row] == matching.columns[target]
+
+
+def test_keep_content_toggle(session):
+    matrix = MatchMatrix(session)
+    matching = session.matching
+    previous = list(matching.matches[1])
+    frontend_message(matrix, {"type": "keep", "row": 1, "keep": True})
+    assert matching.matches[1] is None and matrix.matches[1] is None
+    assert matching.table()[1]["style_image"] is None and 1 in matching.overridden
+    assert session.stale == ["stylize"]
+    frontend_message(matrix, {"type": "keep", "row": 1, "keep": False})
+    assert matching.matches[1] == previous and matrix.matches[1] == previous
+
+
+def test_stale_matrix_refuses_edits(session):
+    matrix = MatchMatrix(session)
+    old = session.matching
+    session.set(semantic_weight=0.5)  # match is stale now
+    frontend_message(matrix, {"type": "pick", "row": 0, "col": 0})
+    assert "stale" in matrix.status and session.matching is None
+    session.run("match", progress=False)
+    frontend_message(matrix, {"type": "pick", "row": 0, "col": 0})  # shows the new matches first
+    assert matrix.matching is session.matching is not old and "recomputed" in matrix.status
+
+
+def test_matrix_from_a_plain_matching(pipe, small_run):
+    prepared, inversion = small_run
+    seg = pipe.segment(prepared, inversion, progress=False, **SEGMENT)
+    matching = pipe.match(prepared, inversion, seg)
+    matrix = MatchMatrix(matching, reference_names=["rows", "bands"])
+    frontend_message(matrix, {"type": "pick", "row": 0, "col": len(matching.columns) - 1})
+    assert matching.matches[0] == matching.columns[-1] and matrix.reference_names == ["rows", "bands"]
+
+
+# ---------------------------------------------------------------------------------------------- RegionView
+def test_region_view_pick_and_merge_go_into_the_session(session):
+    view = RegionView(session, index=0)
+    seg = session.segmentation
+    n = seg.n_regions(0)
+    assert n >= 2
+    h, w = view.grid
+    assert len(view.labels) == h * w and np.frombuffer(view.labels, np.uint8).max() == n - 1
+    assert png(view.image_png).size == (128, 128) and len(view.colors) == n == len(view.sizes)
+    assert sum(view.sizes) == h * w and view.can_segment
+
+    frontend_update(view, picked=[1, 0], selected=0)  # what two clicks on the canvas send
+    assert view.picked == [1, 0] and view.selected == 0
+    frontend_message(view, {"type": "merge"})
+    merged = session.segmentation
+    assert merged is not seg and merged.n_regions(0) == n - 1
+    assert session.stale == ["match", "stylize"]
+    assert view.picked == [] and len(view.sizes) == n - 1 and "merged" in view.status
+    old = seg.labels[0]
+    assert bool(((old == 0) | (old == 1)).eq(merged.labels[0] == 0).all())  # region 0 (from 1 and 0) is the union
+
+
+def test_region_view_k_control_resegments_through_the_session(session):
+    view = RegionView(session, index=1)
+    assert [k for k, _ in view.silhouette] == [2, 3, 4]
+    frontend_message(view, {"type": "set_k", "k": 2})
+    assert session.value("n_clusters") == [None, 2, None]
+    assert session.segmentation.chosen_k[1] == 2 and session.segmentation.n_regions(1) <= 2
+    assert session.stale == ["match", "stylize"] and view.forced_k == 2
+    frontend_message(view, {"type": "set_k", "k": 0})  # back to automatic
+    assert session.value("n_clusters") is None and view.forced_k == 0
+
+
+def test_region_view_pick_logic_and_plain_labels():
+    image = Image.new("RGB", (64, 64), (200, 50, 50))
+    labels = np.zeros((8, 8), dtype=np.int64)
+    labels[:, 4:] = 7  # ids need not be consecutive
+    labels[6:, :] = 3
+    view = RegionView(image, labels)
+    assert len(view.sizes) == 3 and not view.can_segment and view.silhouette == []
+    view.pick(0)
+    view.pick(2)
+    view.pick(1)
+    assert view.picked == [2, 1] and view.selected == 1
+    view.pick(1)
+    assert view.picked == [2] and view.selected == 2
+    view.pick(0)
+    view.merge()
+    assert len(view.sizes) == 2
+    frontend_message(view, {"type": "set_k", "k": 3})  # needs a session: reported, not raised
+    assert view.status.startswith("⚠")
+
+
+# ---------------------------------------------------------------------------------------------- LossMonitor
+def test_loss_monitor_stop_makes_stylize_stop_early(pipe, session):
+    monitor = LossMonitor(min_interval=0)
+    args = [session.prepared, session.inversion, session.segmentation, session.matching]
+
+    def callback(info):
+        if info.step == 3:
+            frontend_update(monitor, stop_requested=True)  # the Stop button
+        return monitor.callback(info)
+
+    result = pipe.stylize(*args, steps=8, preview_every=2, callback=callback, progress=False)
+    assert result.stopped_early and len(result.history) == 3
+    assert monitor.steps == [1, 2, 3] and not monitor.running and "stopped at step 3" in monitor.status
+    assert monitor.total == pytest.approx([h["total"] for h in result.history])
+    assert set(monitor.regions) == set(result.history[0]["style_per_region"])
+    assert png(monitor.preview_png).size[0] <= 320 and monitor.preview_step == 2
+
+    result = pipe.stylize(*args, steps=2, callback=monitor.callback, progress=False)  # a new run starts fresh
+    assert not result.stopped_early and monitor.steps == [1, 2] and not monitor.stop_requested
+    assert "done" in monitor.status
+
+
+# ---------------------------------------------------------------------------------------------- StageExplorer
+def test_stage_explorer_marks_stale_stages_and_reruns_only_those(session):
+    explorer = StageExplorer(session)
+    assert explorer.stale == ["stylize"]
+    assert "stale" in explorer.headers["stylize"].value and "done" in explorer.headers["match"].value
+    assert len(explorer.region_views) == 3 and explorer.match_matrix is not None
+    explorer.buttons["stylize"].click()
+    assert explorer.ran == ["stylize"] and explorer.stale == []
+    assert explorer.compare is not None and explorer.monitor.steps == [1, 2, 3, 4]
+    kept = {stage: session.results[stage] for stage in ("prepare", "invert", "segment")}
+
+    frontend_update(explorer.controls["match"]["semantic_weight"], value=0.5)  # the slider in the browser
+    assert session.value("semantic_weight") == 0.5 and explorer.stale == ["match", "stylize"]
+    assert "stale" in explorer.headers["match"].value and "done" in explorer.headers["segment"].value
+    frontend_update(explorer.controls["stylize"]["c_ratio"], value=0.4)
+    assert explorer.stale == ["match", "stylize"]
+    explorer.buttons["match"].click()
+    assert explorer.ran == ["match"] and explorer.stale == ["stylize"]
+    explorer.run_all_button.click()
+    assert explorer.ran == ["stylize"] and explorer.stale == []
+    assert all(session.results[stage] is kept[stage] for stage in kept)
+    assert explorer.match_matrix.matching is session.matching
+
+    # edits in the pictures mark later stages stale too
+    frontend_message(explorer.match_matrix, {"type": "keep", "row": 0, "keep": True})
+    assert explorer.stale == ["stylize"] and "stale" in explorer.headers["stylize"].value
+    explorer.set(max_clusters=3)
+    assert explorer.controls["segment"]["max_clusters"].value == 3
+    assert explorer.stale == ["segment", "match", "stylize"]
+    assert explorer.run("match") == ["segment", "match"]
+    assert explorer.region_views[0].segmentation is session.segmentation
+
+
+def test_stage_explorer_shows_errors_in_the_panel(session):
+    explorer = StageExplorer(session)
+    frontend_update(explorer.controls["stylize"]["lr"], value=0.0001)
+    session.settings["stylize"]["lr"] = -1.0  # an impossible value slipped past the control
+    explorer.run()
+    assert explorer.ran == [] and "lr must be positive" in explorer.messages["stylize"].value
+    assert "error" in explorer.headers["stylize"].value
+
+
+def test_stage_explorer_background_run_can_be_stopped(pipe, small_run):
+    prepared, _ = small_run
+    images = [prepared.image(i) for i in range(len(prepared.names))]
+    explorer = StageExplorer(pipe, images[0], images[1:], size=128, inversion_steps=2, steps=40, preview_every=5,
+                             background=True, **SEGMENT)
+    monitor = explorer.monitor
+    stops = []
+
+    original = monitor.callback
+
+    def pressing_stop(info):  # the kernel is free while the worker runs: a Stop click lands between steps
+        if info.step == 2:
+            frontend_update(monitor, stop_requested=True)
+            stops.append(info.step)
+        return original(info)
+
+    monitor.callback = pressing_stop
+    assert explorer.run() == [] and explorer.busy
+    assert explorer.buttons["stylize"].disabled and explorer.controls["stylize"]["steps"].disabled
+    assert explorer.wait(120) == ["prepare", "invert", "segment", "match", "stylize"] and not explorer.busy
+    result = explorer.session.stylization
+    assert stops == [2] and result.stopped_early and len(result.history) == 2
+    assert not explorer.buttons["stylize"].disabled and not explorer.controls["stylize"]["steps"].disabled
+    assert explorer.controls["segment"]["use_depth"].disabled == (pipe.depth_model is None)
+
+
+# ---------------------------------------------------------------------------------------------- static pictures
+def test_every_widget_has_a_static_png(session):
+    session.run(progress=False)
+    explorer = StageExplorer(session)
+    widgets = [RegionView(session, index=0), MatchMatrix(session), LossMonitor(history=session.stylization),
+               Compare.from_session(session), explorer, LossMonitor()]
+    for widget in widgets:
+        picture = png(widget._repr_png_())
+        assert picture.width > 100 and picture.height > 50, type(widget).__name__
+        data, _ = widget._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in data, type(widget).__name__
+        assert png(base64.b64decode(data["image/png"])).size == picture.size
+    compare = widgets[3]
+    assert png(compare.content_png).size == png(compare.result_png).size == (128, 128)
+    assert [png(b).size for b in compare.style_pngs] == [(128, 128), (128, 128)]
+    assert np.asarray(png(widgets[0]._repr_png_())).std() > 10  # not a blank picture

@@ -1,0 +1,15 @@
+"""Jupyter widgets for StyleGallery (anywidget; JupyterLab 4, Notebook 7, VS Code, Colab with ipywidgets 7 or 8).
+
+``RegionView`` (regions over an image: hover, pick, merge, re-segment with a chosen k), ``MatchMatrix``
+(click a cell to override a match, keep content), ``LossMonitor`` (live loss curves and previews with a
+Stop button), ``Compare`` (before/after slider) and ``StageExplorer`` (every stage with its settings, Run
+buttons and pictures). Each widget also carries a static PNG for notebooks viewed without a kernel.
+"""
+
+from .compare import Compare
+from .explorer import StageExplorer
+from .loss_monitor import LossMonitor
+from .match_matrix import MatchMatrix
+from .region_view import RegionView
+
+__all__ = ["Compare", "LossMonitor", "MatchMatrix", "RegionView", "StageExplorer"]

@@ -1,0 +1,419 @@
+"""StageExplorer: one panel per stage with its main settings, a Run button, progress and pictures."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as W
+import numpy as np
+from PIL import Image
+
+from stylegallery.errors import StyleGalleryError
+from stylegallery.pipeline import STAGES
+from stylegallery.session import Session
+
+from ._common import StaticReprMixin, montage, overlay, plot_module, png_bytes
+from .compare import Compare
+from .loss_monitor import LossMonitor
+from .match_matrix import MatchMatrix
+from .region_view import RegionView
+
+TITLES = {
+    "prepare": "1 · prepare: read, resize, encode",
+    "invert": "2 · invert: DDIM inversion and features",
+    "segment": "3 · segment: regions by clustering",
+    "match": "4 · match: content regions to style regions",
+    "stylize": "5 · stylize: latent optimization",
+}
+SIZES = [128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 1024]
+BADGE = {
+    "stale": "background:#fff3cd;color:#7a5600;border:1px solid #e0c36b",
+    "done": "background:#e3f4e6;color:#1d6b2c;border:1px solid #9ccfa6",
+    "running": "background:#e3eefc;color:#0d47a1;border:1px solid #90b4e8",
+    "error": "background:#fde2e2;color:#9b1c1c;border:1px solid #e59a9a",
+}
+_STYLE = {"description_width": "initial"}
+
+
+def _badge(kind: str, text: str) -> str:
+    return (f'<span class="sg-badge sg-badge-{kind}" style="display:inline-block;font-size:11px;padding:0 7px;'
+            f'border-radius:8px;margin-left:8px;{BADGE[kind]}">{html.escape(text)}</span>')
+
+
+def _controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
+    """The main settings of every stage as ipywidgets controls, set to the session's current values."""
+    v = session.value
+    size = v("size")
+    size_options = [(f"{s} px", s) for s in SIZES]
+    if size not in SIZES:
+        size_options.insert(0, (f"{size[0]}×{size[1]}" if isinstance(size, (tuple, list)) else f"{size} px", size))
+    depth_available = session.pipe.depth_model is not None
+    semantic_available = session.pipe.semantic_model is not None
+    floats = dict(continuous_update=False, style=_STYLE, readout_format=".3f")
+    return {
+        "prepare": [("size", W.Dropdown(options=size_options, value=size, description="size", style=_STYLE))],
+        "invert": [("inversion_steps", W.IntSlider(value=v("inversion_steps"), min=1, max=max(50, v("inversion_steps")),
+                                                   description="inversion steps", continuous_update=False, style=_STYLE))],
+        "segment": [
+            ("max_clusters", W.IntSlider(value=v("max_clusters"), min=2, max=max(16, v("max_clusters")),
+                                         description="max clusters", continuous_update=False, style=_STYLE)),
+            ("merge_threshold", W.FloatSlider(value=v("merge_threshold"), min=0.0, max=max(3.0, v("merge_threshold")),
+                                              step=0.05, description="merge threshold", **dict(floats, readout_format=".2f"))),
+            ("use_depth", W.Checkbox(value=bool(v("use_depth")) and depth_available, description="use depth",
+                                     disabled=not depth_available, indent=False)),
+        ],
+        "match": [
+            ("statistical_weight", W.FloatSlider(value=v("statistical_weight"), min=0.0, max=2.0, step=0.005,
+                                                 description="statistical", **floats)),
+            ("semantic_weight", W.FloatSlider(value=v("semantic_weight"), min=0.0, max=2.0, step=0.005,
+                                              description="semantic" + ("" if semantic_available else " (no model)"),
+                                              disabled=not semantic_available, **floats)),
+            ("geometric_weight", W.FloatSlider(value=v("geometric_weight"), min=0.0, max=2.0, step=0.005,
+                                               description="geometric", **floats)),
+        ],
+        "stylize": [
+            ("steps", W.IntSlider(value=v("steps"), min=1, max=max(300, v("steps")), description="steps",
+                                  continuous_update=False, style=_STYLE)),
+            ("lr", W.BoundedFloatText(value=v("lr"), min=1e-4, max=10.0, step=0.01, description="lr", style=_STYLE,
+                                      layout=W.Layout(width="150px"))),
+            ("c_ratio", W.FloatSlider(value=v("c_ratio"), min=0.0, max=2.0, step=0.01, description="c_ratio",
+                                      **dict(floats, readout_format=".2f"))),
+            ("region_attention", W.Dropdown(options=["masked", "zeroed"], value=v("region_attention"),
+                                            description="region attention", style=_STYLE)),
+        ],
+    }
+
+
+class StageExplorer(StaticReprMixin, W.VBox):
+    """Step through StyleGallery stage by stage: one panel per stage with its main settings, a Run button,
+    a progress bar and its pictures (images, features, RegionViews, MatchMatrix, LossMonitor, Compare).
+
+    Changing a setting marks that stage and the later ones stale (badge); *Run* on a panel runs the stale
+    stages up to that one, *Run all* up to stylize. Edits in the pictures (merged regions, another k,
+    overridden matches) go into the session and mark the later stages stale too. Everything runs on the
+    kernel's thread, so the kernel reads no widget messages while a stage runs: the Stop button of the loss
+    monitor takes effect only with ``background=True``, which runs the stages in a worker thread instead (the
+    controls are locked meanwhile; :meth:`wait` joins it). ``StageExplorer(pipe, content, styles, **settings)``
+    or ``StageExplorer(session)``. ``preview_every``: decode a preview every N stylize steps (default: a tenth).
+    """
+
+    def __init__(self, pipe, content=None, styles=None, *, preview_every: int | None = None, background: bool = False,
+                 **settings):
+        if isinstance(pipe, Session):
+            session = pipe
+            if settings:
+                session.set(**settings)
+        else:
+            if content is None or styles is None:
+                raise StyleGalleryError("StageExplorer(pipe, content, styles, **settings) needs a content image and styles")
+            session = Session(pipe, content, styles, **settings)
+        self.session = session
+        self.preview_every = preview_every
+        self.background = background
+        self._thread = None
+        self._disabled_before: dict[str, bool] = {}
+        self.last_error: BaseException | None = None
+        self.ran: list[str] = []  # stages run by the last Run
+        self._shown: dict[str, int] = {}
+        self._running: str | None = None
+        self._errors: dict[str, str] = {}
+
+        self.monitor = LossMonitor()
+        self.region_views: list[RegionView] = []
+        self.match_matrix: MatchMatrix | None = None
+        self.compare: Compare | None = None
+
+        self.controls: dict[str, dict[str, W.Widget]] = {}
+        self.headers: dict[str, W.HTML] = {}
+        self.buttons: dict[str, W.Button] = {}
+        self.progress: dict[str, W.IntProgress] = {}
+        self.messages: dict[str, W.HTML] = {}
+        self.pictures: dict[str, W.Box] = {}
+        panels = []
+        for stage, controls in _controls(session).items():
+            self.controls[stage] = dict(controls)
+            for name, widget in controls:
+                widget.observe(lambda change, name=name: self._setting_changed(name, change["new"]), names="value")
+            self.headers[stage] = W.HTML()
+            button = W.Button(description="Run", icon="play", tooltip=f"run the stale stages up to {stage}",
+                              layout=W.Layout(width="80px"))
+            button.on_click(lambda _b, stage=stage: self.run(stage))
+            self.buttons[stage] = button
+            self.progress[stage] = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px"))
+            self.messages[stage] = W.HTML()
+            self.pictures[stage] = W.HBox(layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
+            head = W.HBox([self.headers[stage], button, self.progress[stage]], layout=W.Layout(align_items="center"))
+            settings_box = W.HBox([w for _, w in controls], layout=W.Layout(flex_flow="row wrap"))
+            panel = W.VBox([head, settings_box, self.messages[stage], self.pictures[stage]],
+                           layout=W.Layout(border="1px solid #d0d0d0", padding="4px 8px", margin="0 0 6px 0"))
+            panels.append(panel)
+        self.panels = dict(zip(STAGES, panels))
+        self.pictures["stylize"].children = [self.monitor]
+        run_all = W.Button(description="Run all", icon="forward", button_style="primary",
+                           tooltip="run every stale stage up to stylize")
+        run_all.on_click(lambda _b: self.run("stylize"))
+        self.run_all_button = run_all
+        self.status = W.HTML()
+        super().__init__([W.HBox([run_all, self.status], layout=W.Layout(align_items="center"))] + panels)
+        self.add_class("sg-explorer")
+        self._refresh()
+
+    # ------------------------------------------------------------------ settings and staleness
+    @property
+    def stale(self) -> list[str]:
+        return self.session.stale
+
+    def _setting_changed(self, name: str, value) -> None:
+        stage = self.session.stage_of(name)
+        try:
+            self.session.set(**{name: value})
+            self._errors.pop(stage, None)
+        except StyleGalleryError as exc:
+            self._errors[stage] = str(exc)
+        self._refresh()
+
+    def set(self, **settings) -> list[str]:
+        """Change settings like the controls do (the controls follow); returns the stale stages."""
+        for name, value in settings.items():
+            stage = self.session.stage_of(name)
+            widget = self.controls.get(stage, {}).get(name)
+            if widget is not None and widget.value != value:
+                widget.value = value  # the observer sets it in the session
+            else:
+                self.session.set(**{name: value})
+        self._refresh()
+        return self.stale
+
+    def _refresh(self) -> None:
+        """Badges, messages and the pictures of every finished stage whose result changed."""
+        session = self.session
+        for stage in STAGES:
+            if self._running == stage:
+                badge = _badge("running", "running…")
+            elif stage in self._errors:
+                badge = _badge("error", "error")
+            elif session.results[stage] is None:
+                badge = _badge("stale", "stale")
+            else:
+                seconds = session.timings.get(stage)
+                badge = _badge("done", "done" + (f" · {seconds:.1f} s" if seconds is not None else ""))
+            self.headers[stage].value = f'<b style="font-size:13px">{html.escape(TITLES[stage])}</b>{badge}'
+            error = self._errors.get(stage)
+            self.messages[stage].value = f'<span style="color:#b71c1c">⚠ {html.escape(error)}</span>' if error else ""
+            result = session.results[stage]
+            if result is not None and self._shown.get(stage) != id(result):
+                self._show(stage, result)
+                self._shown[stage] = id(result)
+            if self._running != stage and stage not in self._errors:
+                bar = self.progress[stage]
+                bar.value = bar.max if result is not None else 0
+                bar.bar_style = "success" if result is not None else ""
+        stale = session.stale
+        self.status.value = (f"&nbsp;stale: {', '.join(stale)}" if stale else "&nbsp;all stages are up to date")
+
+    # ------------------------------------------------------------------ running
+    def run(self, until: str = "stylize", *, background: bool | None = None) -> list[str]:
+        """Run the stale stages up to ``until`` (what a Run button does); returns the stages that ran.
+
+        With ``background`` (default: the explorer's setting) the stages run in a worker thread and this
+        returns at once (an empty list); :meth:`wait` joins the thread and returns the stages that ran.
+        """
+        if until not in STAGES:
+            raise StyleGalleryError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
+        if self.busy:
+            self.status.value = "&nbsp;⚠ a run is in progress"
+            return []
+        background = self.background if background is None else background
+        self._lock(True)
+        if background:
+            import threading
+
+            self._thread = threading.Thread(target=self._run, args=(until,), name="stylegallery-explorer", daemon=True)
+            self._thread.start()
+            return []
+        return self._run(until)
+
+    @property
+    def busy(self) -> bool:
+        """True while stages run in the background."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        """Wait for a background run to finish; returns the stages it ran."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.ran
+
+    def _lock(self, locked: bool) -> None:
+        """Disable the buttons and controls during a run (and give the controls back their own state after)."""
+        for stage in STAGES:
+            self.buttons[stage].disabled = locked
+            for name, widget in self.controls[stage].items():
+                if locked:
+                    self._disabled_before[name] = widget.disabled
+                    widget.disabled = True
+                else:
+                    widget.disabled = self._disabled_before.get(name, False)
+        self.run_all_button.disabled = locked
+
+    def _run(self, until: str) -> list[str]:
+        try:
+            return self._run_stages(until)
+        finally:
+            self._lock(False)
+
+    def _run_stages(self, until: str) -> list[str]:
+        session = self.session
+        todo = [s for s in STAGES[: STAGES.index(until) + 1] if session.results[s] is None]
+        self.ran = []
+        for stage in todo:
+            self._errors.pop(stage, None)
+        for stage in todo:
+            self._running = stage
+            bar = self.progress[stage]
+            bar.bar_style = "info"
+            bar.max, bar.value = 1, 0
+            self._refresh()
+            try:
+                if stage == "stylize":
+                    self._run_stylize()
+                else:
+                    session.run(stage, progress=False)
+            except Exception as exc:  # shown in the panel; the exception stays available as last_error
+                self.last_error = exc
+                self._errors[stage] = str(exc) if isinstance(exc, StyleGalleryError) else f"{type(exc).__name__}: {exc}"
+                bar.bar_style = "danger"
+                self._running = None
+                self._refresh()
+                return self.ran
+            bar.bar_style = "success"
+            bar.value = bar.max
+            self.ran.append(stage)
+            self._running = None
+            self._refresh()
+        return self.ran
+
+    def _run_stylize(self) -> None:
+        session = self.session
+        steps = session.value("steps") * session.value("iters")
+        if "preview_every" not in session.settings["stylize"] or self.preview_every is not None:
+            session.set(preview_every=self.preview_every if self.preview_every is not None else max(1, steps // 10))
+        bar = self.progress["stylize"]
+        bar.max = steps
+        monitor = self.monitor
+        monitor.start(steps)
+
+        def callback(info):
+            bar.value = min(info.step, bar.max)
+            return monitor.callback(info)
+
+        session.run("stylize", progress=False, callback=callback)
+
+    # ------------------------------------------------------------------ pictures
+    def _on_edit(self, stage: str, _result) -> None:
+        for view in self.region_views:
+            if view.segmentation is not self.session.segmentation and self.session.segmentation is not None:
+                view.refresh()
+        if self.match_matrix is not None and self.session.matching is not None:
+            if self.match_matrix.matching is not self.session.matching:
+                self.match_matrix.refresh()
+        self._refresh()
+
+    def _show(self, stage: str, result) -> None:
+        session = self.session
+        box = self.pictures[stage]
+        if stage == "prepare":
+            box.children = [_figure(result.image(i), "content" if i == 0 else f"style {i}") for i in range(len(result.names))]
+        elif stage == "invert":
+            box.children = [_figure(_feature_picture(result.features[i]), ("content" if i == 0 else f"style {i}") + " features (PCA)")
+                            for i in range(len(result.features))]
+        elif stage == "segment":
+            if len(self.region_views) == len(result.labels):
+                for view in self.region_views:
+                    view.refresh()
+            else:
+                self.region_views = [RegionView(session, index=i, width=240) for i in range(len(result.labels))]
+                for view in self.region_views:
+                    view.on_edit(self._on_edit)
+                box.children = list(self.region_views)
+        elif stage == "match":
+            if self.match_matrix is None:
+                self.match_matrix = MatchMatrix(session)
+                self.match_matrix.on_edit(self._on_edit)
+                box.children = [self.match_matrix]
+            else:
+                self.match_matrix.refresh()
+        elif stage == "stylize":
+            if len(self.monitor.steps) != len(result.history):  # a result not made by this explorer's run
+                self.monitor.show(result)
+            if self.compare is None:
+                self.compare = Compare.from_session(session)
+            else:
+                prepared = session.prepared
+                self.compare.update(prepared.image(0), result.image, [prepared.image(i) for i in range(1, len(prepared.names))])
+            box.children = [self.monitor, self.compare]
+
+    # ------------------------------------------------------------------ static picture
+    def _repr_png_(self) -> bytes:
+        session = self.session
+        rows = []
+        prepared = session.prepared
+        if prepared is not None:
+            images = [prepared.image(i) for i in range(len(prepared.names))]
+            rows.append(montage(images, height=160))
+            if session.segmentation is not None:
+                rows.append(montage([overlay(im, session.segmentation.labels[i], 0.5) for i, im in enumerate(images)], height=160))
+            if session.stylization is not None:
+                rows.append(montage([images[0], session.stylization.image], height=200))
+        if not rows:
+            rows.append(_text_picture("StageExplorer: no stage has run yet (stale: " + ", ".join(session.stale) + ")"))
+        width = max(r.width for r in rows)
+        canvas = Image.new("RGB", (width, sum(r.height for r in rows) + 8 * (len(rows) - 1)), (255, 255, 255))
+        y = 0
+        for r in rows:
+            canvas.paste(r, (0, y))
+            y += r.height + 8
+        return png_bytes(canvas, max_side=1200)
+
+
+def _figure(image: Image.Image, caption: str, height: int = 160) -> W.VBox:
+    width = max(1, round(image.width * height / image.height))
+    picture = W.Image(value=png_bytes(image.resize((width, height), Image.Resampling.LANCZOS)), format="png",
+                      layout=W.Layout(width=f"{width}px", height=f"{height}px"))
+    return W.VBox([picture, W.HTML(f'<span style="font-size:11px">{html.escape(caption)}</span>')],
+                  layout=W.Layout(margin="0 8px 0 0"))
+
+
+def _feature_picture(features, side: int = 160) -> Image.Image:
+    """The first three principal components of a (C, h, w) feature map as an RGB picture."""
+    plot = plot_module()
+    if plot is not None and hasattr(plot, "pca_image"):
+        try:
+            rgb = np.asarray(plot.pca_image(features))
+            h, w = rgb.shape[:2]
+            return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize((side, round(side * h / w)), Image.Resampling.NEAREST)
+        except Exception:
+            pass
+    f = features.detach().float().cpu()
+    c, h, w = f.shape
+    x = f.reshape(c, -1).T
+    x = x - x.mean(0, keepdim=True)
+    try:
+        _, _, v = np.linalg.svd(x.numpy(), full_matrices=False)
+        pcs = x.numpy() @ v[:3].T
+    except np.linalg.LinAlgError:
+        pcs = x.numpy()[:, :3]
+    if pcs.shape[1] < 3:
+        pcs = np.pad(pcs, ((0, 0), (0, 3 - pcs.shape[1])))
+    lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
+    rgb = np.clip((pcs - lo) / np.maximum(hi - lo, 1e-8), 0, 1).reshape(h, w, 3)
+    return Image.fromarray((rgb * 255).astype(np.uint8)).resize((side, round(side * h / w)), Image.Resampling.NEAREST)
+
+
+def _text_picture(text: str) -> Image.Image:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (max(200, 7 * len(text)), 28), (255, 255, 255))
+    ImageDraw.Draw(image).text((6, 8), text, fill=(40, 40, 40))
+    return image
+

@@ -1,0 +1,208 @@
+"""LossMonitor: live loss curves and decoded previews during stylize, with a Stop button."""
+
+from __future__ import annotations
+
+import time
+
+import anywidget
+import traitlets as t
+
+from ._common import CSS, HERE, StaticReprMixin, figure_png, palette, plot_module, png_bytes
+
+
+class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
+    """Live loss curves (total, content, style per region) and previews of a running stylization.
+
+    Pass :meth:`callback` to :meth:`StyleGallery.stylize` or :meth:`Session.run` (with ``preview_every=N``
+    for a decoded preview every N steps). *Stop* makes the callback return True: stylize then stops and keeps
+    the current result. A new run starts fresh curves. ``min_interval``: seconds between updates sent to the
+    view (previews, the first and the last step always go at once).
+
+    The kernel reads a click on *Stop* only while it is not busy: run the stylization in a thread for the
+    button to work live (``StageExplorer(..., background=True)``, or
+    ``threading.Thread(target=session.run, kwargs={"callback": monitor.callback}).start()``); :meth:`stop`
+    works from any thread.
+    """
+
+    _esm = HERE / "loss_monitor.js"
+    _css = CSS
+
+    steps = t.List().tag(sync=True)
+    total = t.List().tag(sync=True)
+    content = t.List().tag(sync=True)
+    style = t.List().tag(sync=True)
+    regions = t.Dict().tag(sync=True)  # {"0": [...], "1": [...]} style loss per content region
+    region_colors = t.List().tag(sync=True)
+    total_steps = t.Int(0).tag(sync=True)
+    step = t.Int(0).tag(sync=True)
+    timestep = t.Int(0).tag(sync=True)
+    running = t.Bool(False).tag(sync=True)
+    stop_requested = t.Bool(False).tag(sync=True)
+    preview_png = t.Bytes(b"").tag(sync=True)
+    preview_step = t.Int(0).tag(sync=True)
+    log_scale = t.Bool(False).tag(sync=True)
+    status = t.Unicode("waiting for stylize").tag(sync=True)
+
+    def __init__(self, *, min_interval: float = 0.25, preview_size: int = 320, history=None, **kwargs):
+        super().__init__(**kwargs)
+        self.min_interval = min_interval
+        self.preview_size = preview_size
+        self._buffer: dict = {}
+        self._last_sent = 0.0
+        self._started = 0.0
+        self._reset()
+        if history is not None:
+            self.show(history)
+
+    # ------------------------------------------------------------------ the callback
+    def _reset(self, total_steps: int = 0) -> None:
+        self._buffer = {"steps": [], "total": [], "content": [], "style": [], "regions": {}}
+        with self.hold_sync():
+            self.steps, self.total, self.content, self.style, self.regions = [], [], [], [], {}
+            self.total_steps = total_steps
+            self.step = 0
+            self.stop_requested = False
+            self.preview_png = b""
+            self.preview_step = 0
+
+    def start(self, total_steps: int = 0) -> None:
+        """Clear the curves for a new run (the callback does this itself when a run begins)."""
+        self._reset(total_steps)
+        self._started = time.perf_counter()
+        self._last_sent = 0.0
+        self.running = True
+        self.status = "starting…"
+
+    def stop(self) -> None:
+        """Ask the running stylization to stop after the current step (what the Stop button does)."""
+        self.stop_requested = True
+
+    def callback(self, info) -> bool:
+        """Record one :class:`~stylegallery.StepInfo`; returns True (stop) once Stop was pressed."""
+        if not self.running or info.step <= self._buffer_step():
+            self.start(info.total_steps)
+        b = self._buffer
+        b["steps"].append(int(info.step))
+        b["total"].append(float(info.loss))
+        b["content"].append(float(info.content))
+        b["style"].append(float(info.style))
+        for region, value in info.style_per_region.items():
+            b["regions"].setdefault(str(region), [None] * (len(b["steps"]) - 1)).append(float(value))
+        for values in b["regions"].values():  # a region without a value this step (kept content)
+            if len(values) < len(b["steps"]):
+                values.append(None)
+        self.total_steps = int(info.total_steps)
+        self.timestep = int(info.timestep)
+        if info.preview is not None:
+            with self.hold_sync():
+                self.preview_png = png_bytes(info.preview, self.preview_size)
+                self.preview_step = int(info.step)
+        last = info.step >= info.total_steps
+        stop = bool(self.stop_requested)
+        now = time.perf_counter()
+        if last or stop or info.step <= 1 or info.preview is not None or now - self._last_sent >= self.min_interval:
+            self._flush(info.step)
+            self._last_sent = now
+        if last or stop:
+            self.running = False
+            seconds = now - self._started
+            self.status = (f"stopped at step {info.step} of {info.total_steps}" if stop and not last
+                           else f"done: {info.step} steps") + f" in {seconds:.1f} s"
+        else:
+            self.status = f"step {info.step} / {info.total_steps} · t = {info.timestep} · loss {info.loss:.4g}"
+        return stop
+
+    __call__ = callback
+
+    def _buffer_step(self) -> int:
+        return self._buffer["steps"][-1] if self._buffer["steps"] else 0
+
+    def _flush(self, step: int) -> None:
+        b = self._buffer
+        with self.hold_sync():
+            self.steps = list(b["steps"])
+            self.total = list(b["total"])
+            self.content = list(b["content"])
+            self.style = list(b["style"])
+            self.regions = {k: list(v) for k, v in b["regions"].items()}
+            self.region_colors = ["#%02x%02x%02x" % tuple(int(x) for x in c) for c in palette(len(b["regions"]))]
+            self.step = int(step)
+
+    # ------------------------------------------------------------------ finished runs
+    def show(self, history) -> None:
+        """Show a finished run: a :class:`~stylegallery.Stylization` or its ``history`` (list of dicts)."""
+        stylization = history if hasattr(history, "history") else None
+        records = stylization.history if stylization is not None else list(history)
+        self._reset(len(records))
+        b = self._buffer
+        for h in records:
+            b["steps"].append(int(h["step"]))
+            b["total"].append(float(h["total"]))
+            b["content"].append(float(h["content"]))
+            b["style"].append(float(h["style"]))
+            for region, value in h.get("style_per_region", {}).items():
+                b["regions"].setdefault(str(region), []).append(float(value))
+        self._flush(b["steps"][-1] if b["steps"] else 0)
+        if stylization is not None:
+            self.total_steps = int(stylization.settings.get("steps", len(records)) * stylization.settings.get("iters", 1))
+            self.preview_png = png_bytes(stylization.image, self.preview_size)
+            self.preview_step = self.step
+        self.running = False
+        stopped = stylization is not None and stylization.stopped_early
+        self.status = f"{'stopped early after' if stopped else 'finished:'} {len(records)} steps"
+
+    @property
+    def history(self) -> list[dict]:
+        """The recorded steps as dicts (like :attr:`Stylization.history`)."""
+        b = self._buffer
+        return [
+            dict(step=s, total=b["total"][i], content=b["content"][i], style=b["style"][i],
+                 style_per_region={k: v[i] for k, v in b["regions"].items() if i < len(v) and v[i] is not None})
+            for i, s in enumerate(b["steps"])
+        ]
+
+    # ------------------------------------------------------------------ static picture
+    def _repr_png_(self) -> bytes:
+        return figure_png(_loss_figure(self.history, self.preview_png, self.status))
+
+
+def _loss_figure(history: list[dict], preview: bytes, status: str):
+    """Loss curves (``stylegallery.plot.loss_curves`` when available) with the latest preview beside them."""
+    import io
+
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    fig = Figure(figsize=(9.0 if preview else 6.0, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2, width_ratios=[2.2, 1]) if preview else [fig.subplots(1, 1)]
+    ax = axes[0]
+    plot = plot_module()
+    drawn = False
+    if plot is not None and hasattr(plot, "loss_curves"):
+        try:
+            plot.loss_curves(history, ax=ax)
+            drawn = True
+        except Exception:
+            ax.clear()
+    if not drawn:
+        if history:
+            steps = [h["step"] for h in history]
+            ax.plot(steps, [h["total"] for h in history], color="black", lw=2, label="total")
+            ax.plot(steps, [h["content"] for h in history], color="grey", lw=1.2, ls="--", label="content")
+            regions = sorted({k for h in history for k in h["style_per_region"]}, key=int)
+            colours = palette(len(regions)) / 255.0
+            for colour, region in zip(colours, regions):
+                ax.plot(steps, [h["style_per_region"].get(region, float("nan")) for h in history], color=colour,
+                        lw=1, label=f"style, region {region}")
+            ax.legend(fontsize=7, loc="upper right")
+        else:
+            ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+    fig.suptitle(status, fontsize=9)
+    if preview:
+        side = axes[1]
+        side.imshow(Image.open(io.BytesIO(preview)))
+        side.set_axis_off()
+        side.set_title("latest preview", fontsize=9)
+    return fig

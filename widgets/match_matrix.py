@@ -1,0 +1,220 @@
+"""MatchMatrix: the clickable heatmap of content regions x all style regions; a click overrides a match."""
+
+from __future__ import annotations
+
+import weakref
+
+import anywidget
+import traitlets as t
+
+from stylegallery.errors import StyleGalleryError
+from stylegallery.results import Matching
+
+from ._common import CSS, HERE, EditHooks, StaticReprMixin, figure_png, palette, plot_module
+
+PARTS = ("statistical", "semantic", "geometric")
+WEIGHT_NAMES = {"statistical": "statistical_weight", "semantic": "semantic_weight", "geometric": "geometric_weight"}
+
+
+def _hex(colours) -> list[str]:
+    return ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in colours]
+
+
+def _rows(tensor) -> list[list[float]]:
+    return [[round(float(v), 5) for v in row] for row in tensor.detach().cpu().float().tolist()]
+
+
+class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
+    """The match matrix of a :class:`~stylegallery.Matching`: content regions (rows) x every region of every
+    reference (columns, grouped by reference), coloured by score.
+
+    The outlined cell of each row is its current match; the dot marks the best-scoring one. Clicking a cell
+    overrides that content region's match at once (:meth:`Matching.override`); the *keep* box at the end of a
+    row leaves that region unstylized (:meth:`Matching.keep_content`); unticking it restores the match it had.
+    Hovering a cell shows its score and the three weighted parts. Built from a session
+    (``MatchMatrix(session)``), edits also go into the session (:meth:`Session.replace`), making stylize stale.
+    """
+
+    _esm = HERE / "match_matrix.js"
+    _css = CSS
+    _registry = weakref.WeakSet()
+
+    score = t.List().tag(sync=True)
+    parts = t.Dict().tag(sync=True)  # {"statistical": [[...]], "semantic": ..., "geometric": ...}
+    weights = t.Dict().tag(sync=True)  # {"statistical": 0.25, ...}
+    columns = t.List().tag(sync=True)  # [[reference, region], ...]
+    matches = t.List().tag(sync=True)  # per content region: [reference, region] or None
+    best = t.List().tag(sync=True)  # per content region: column of the highest score
+    overridden = t.List().tag(sync=True)
+    reference_names = t.List().tag(sync=True)
+    row_colors = t.List().tag(sync=True)  # content region colours (as in the RegionView of the content)
+    column_colors = t.List().tag(sync=True)  # each column's colour in its reference's RegionView
+    status = t.Unicode("").tag(sync=True)
+
+    def __init__(self, matching, *, reference_names: list[str] | None = None, **kwargs):
+        from stylegallery.session import Session
+
+        self._session = None
+        if isinstance(matching, Session):
+            if matching.matching is None:
+                raise StyleGalleryError("this session has no matches yet: run it up to 'match' first")
+            self._session = matching
+            matching = matching.matching
+        if not isinstance(matching, Matching):
+            raise StyleGalleryError("MatchMatrix needs a Matching (the result of the match stage) or a Session")
+        self._matching = matching
+        self._before_keep: dict[int, list[int]] = {}
+        super().__init__(**kwargs)
+        self._init_hooks()
+        self._names = reference_names
+        self.on_msg(self._on_message)
+        self.refresh()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def matching(self) -> Matching:
+        """The Matching shown and edited."""
+        return self._matching
+
+    def _check_current(self) -> None:
+        """Edits go into the session only while it still holds the matches shown."""
+        if self._session is None or self._session.matching is self._matching:
+            return
+        if self._session.matching is not None:
+            self.refresh()
+            raise StyleGalleryError("the matches were recomputed meanwhile: now showing the new ones, click again")
+        raise StyleGalleryError("these matches are stale (an earlier stage changed): run the match stage again")
+
+    @property
+    def session(self):
+        return self._session
+
+    def refresh(self) -> None:
+        """Show the session's current matches (when it has them): matrix, parts and matches go to the view."""
+        if self._session is not None and self._session.matching is not None and self._session.matching is not self._matching:
+            self._matching = self._session.matching
+            self._before_keep.clear()
+        m = self._matching
+        n_refs = max((c[0] for c in m.columns), default=-1) + 1
+        per_ref = [sum(1 for c in m.columns if c[0] == j) for j in range(n_refs)]
+        names = self._names or [f"style {j + 1}" for j in range(n_refs)]
+        ref_colours = [_hex(palette(n)) for n in per_ref]
+        settings = m.settings or {}
+        defaults = {"statistical": 0.25, "semantic": 1.0, "geometric": 0.125}
+        with self.hold_sync():
+            self.score = _rows(m.score)
+            self.parts = {part: _rows(getattr(m, part)) for part in PARTS}
+            self.weights = {part: float(settings.get(WEIGHT_NAMES[part], defaults[part])) for part in PARTS}
+            self.columns = [list(map(int, c)) for c in m.columns]
+            self.reference_names = list(names)
+            self.row_colors = _hex(palette(len(m.matches)))
+            self.column_colors = [ref_colours[j][s] for j, s in m.columns]
+            self._sync_matches()
+
+    def _sync_matches(self) -> None:
+        m = self.matching
+        with self.hold_sync():
+            self.matches = [None if x is None else [int(x[0]), int(x[1])] for x in m.matches]
+            self.best = [int(i) for i in m.score.argmax(1).tolist()] if m.score.numel() else []
+            self.overridden = sorted(int(r) for r in m.overridden)
+
+    # ------------------------------------------------------------------ edits
+    def pick(self, row: int, column: int) -> None:
+        """Match content region ``row`` to the style region of matrix column ``column`` (what a click does)."""
+        self._check_current()
+        m = self.matching
+        if not 0 <= column < len(m.columns):
+            raise StyleGalleryError(f"the matrix has no column {column} (columns 0..{len(m.columns) - 1})")
+        reference, region = m.columns[column]
+        m.override(int(row), int(reference), int(region))
+        self._before_keep.pop(int(row), None)
+        self._changed(f"content region {row} → {self.reference_names[reference]} region {region}")
+
+    def keep(self, row: int, keep: bool = True) -> None:
+        """Leave content region ``row`` unstylized (``keep=True``), or give it back the match it had."""
+        self._check_current()
+        m = self.matching
+        row = int(row)
+        if keep:
+            if m.matches[row] is not None:
+                self._before_keep[row] = list(m.matches[row])
+            m.keep_content(row)
+            message = f"content region {row} keeps its content"
+        else:
+            if m.matches[row] is not None:
+                return
+            previous = self._before_keep.pop(row, None)
+            if previous is None:
+                previous = m.columns[int(m.score[row].argmax())]
+            m.override(row, int(previous[0]), int(previous[1]))
+            message = f"content region {row} → {self.reference_names[previous[0]]} region {previous[1]}"
+        self._changed(message)
+
+    def _changed(self, message: str) -> None:
+        m = self.matching
+        if self._session is not None:
+            self._session.replace("match", m)
+        self._sync_matches()
+        self.status = message
+        for other in self._siblings():  # other views of the same Matching follow
+            if other._matching is m:
+                other._sync_matches()
+        self._edited("match", m)
+
+    def _on_message(self, _widget, content, _buffers) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        try:
+            if kind == "pick":
+                self.pick(int(content["row"]), int(content["col"]))
+            elif kind == "keep":
+                self.keep(int(content["row"]), bool(content.get("keep", True)))
+        except (StyleGalleryError, KeyError, ValueError, TypeError) as exc:
+            self.status = f"⚠ {exc}"
+
+    def table(self) -> list[dict]:
+        """The match table of the Matching shown (:meth:`Matching.table`)."""
+        return self.matching.table()
+
+    # ------------------------------------------------------------------ static picture
+    def _repr_png_(self) -> bytes:
+        plot = plot_module()
+        if plot is not None and hasattr(plot, "match_matrix"):
+            try:
+                return figure_png(plot.match_matrix(self.matching))
+            except Exception:
+                pass
+        return figure_png(_matrix_figure(self.matching, self.reference_names))
+
+
+def _matrix_figure(m: Matching, names: list[str]):
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    score = m.score.detach().cpu().float().numpy()
+    rows, cols = score.shape
+    fig = Figure(figsize=(max(3.0, 0.5 * cols + 1.6), max(2.0, 0.45 * rows + 1.2)))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(score, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="score")
+    ax.set_xticks(range(cols), [f"{c[1]}" for c in m.columns], fontsize=8)
+    ax.set_yticks(range(rows), [f"c{r}" for r in range(rows)], fontsize=8)
+    ax.set_xlabel("style regions, grouped by reference")
+    ax.set_ylabel("content regions")
+    start = 0
+    for j, name in enumerate(names):
+        count = sum(1 for c in m.columns if c[0] == j)
+        if j:
+            ax.axvline(start - 0.5, color="white", lw=2)
+        ax.text(start + count / 2 - 0.5, -0.7, name, ha="center", va="bottom", fontsize=8)
+        start += count
+    best = score.argmax(1)
+    for r, match in enumerate(m.matches):
+        ax.plot(best[r], r, "o", color="white", ms=4)
+        if match is None:
+            ax.text(cols - 0.5, r, " keep", va="center", ha="left", fontsize=8, color="crimson")
+            continue
+        c = m.columns.index(list(match))
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red" if r in m.overridden else "white", lw=2))
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)
+    return fig
