@@ -396,7 +396,7 @@ class StyleGallery:
         call indices (default: decoder layers at the two highest resolutions); ``feature_precision``: dtype the
         cached attention features are rounded to (half precision by default, cached or not, so a re-run gives
         the same image). ``callback(info)`` runs after every step; returning True stops early and keeps the
-        current latent. ``preview_every``: decode a preview into ``info.preview`` every N steps (0 = never).
+        current latent, as does a KeyboardInterrupt. ``preview_every``: decode a preview into ``info.preview`` every N steps (0 = never).
         """
         check_settings(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, region_attention=region_attention)
         self._check_model(prepared)
@@ -423,6 +423,8 @@ class StyleGallery:
         try:
             step = 0
             for t in timesteps:
+                if stopped:
+                    break
                 q_content, style_k, style_v = self._attention_features(prepared, t, layers, feature_precision)
                 targets = {}
                 for layer in layers:
@@ -458,8 +460,8 @@ class StyleGallery:
                         if callback(info):
                             stopped = True
                             break
-                if stopped:
-                    break
+        except KeyboardInterrupt:  # Jupyter's interrupt button acts as Stop: keep the current latent
+            stopped = True
         finally:
             bar.close()
             self.unet.eval()

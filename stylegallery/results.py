@@ -188,6 +188,13 @@ class Matching(_Stage):
         if region not in self.overridden:
             self.overridden.append(region)
 
+    def reset(self, region: int) -> None:
+        """Give content ``region`` its best-scoring match again and drop its override, in place."""
+        self._check_region(region)
+        self.matches[region] = list(self.columns[int(self.score[region].argmax())])
+        if region in self.overridden:
+            self.overridden.remove(region)
+
     def table(self) -> list[dict]:
         """One row per content region: its match and the score with its three parts."""
         rows = []

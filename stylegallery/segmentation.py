@@ -8,8 +8,20 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .errors import StyleGalleryError
+
+
+def _single_threaded():
+    """Run the clustering maths on one thread.
+
+    The problems here are small (one point per latent pixel: 1k to 4k points of 60 dims), so scikit-learn's
+    OpenMP k-means and the BLAS calls of PCA spend more time synchronising threads than computing. On a busy
+    machine (or one where torch's and scikit-learn's thread pools both spin) the threaded versions were 10x to
+    100x slower; one thread gives the same labels.
+    """
+    return threadpool_limits(limits=1)
 
 
 def project_features(features: np.ndarray, n_components: int = 60, seed: int = 0) -> np.ndarray:
@@ -32,14 +44,59 @@ def choose_k(points: np.ndarray, max_clusters: int, n_clusters: int | None, n_in
         raise StyleGalleryError(f"cannot cluster {len(points)} feature points into {max_clusters} regions")
     rng = np.random.default_rng(seed)
     subset = rng.choice(len(points), size=min(sample, len(points)), replace=False)
-    scores, fits = {}, {}
-    for k in ks:
-        labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(points)
-        fits[k] = labels
-        sub = labels[subset]
-        scores[k] = float(silhouette_score(points[subset], sub)) if len(np.unique(sub)) > 1 else -1.0
+    fits = {k: KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(points) for k in ks}
+    found = silhouette_scores(points[subset], [fits[k][subset] for k in ks])
+    scores = {k: score for k, score in zip(ks, found)}
     best = max(scores, key=lambda k: scores[k])
     return fits[best], scores, best
+
+
+def silhouette_scores(points: np.ndarray, labelings: list[np.ndarray], chunk: int = 512) -> list[float]:
+    """Mean silhouette coefficient of each labeling of the same ``points``; -1.0 for a single cluster.
+
+    Equal to :func:`sklearn.metrics.silhouette_score` (Euclidean) to rounding, but the pairwise distances are
+    computed once, in row chunks, and shared by all labelings: per chunk, one product with the stacked one-hot
+    matrices of every labeling gives each point's summed distance to every cluster of every k.
+    """
+    n = len(points)
+    codes = [np.unique(lab, return_inverse=True) for lab in labelings]
+    sizes = [len(values) for values, _ in codes]
+    usable = [i for i, k in enumerate(sizes) if 2 <= k <= n - 1]
+    out = [-1.0 if k <= 1 else None for k in sizes]
+    for i, k in enumerate(sizes):
+        if out[i] is None and i not in usable:  # every point its own cluster: let scikit-learn say why not
+            out[i] = float(silhouette_score(points, labelings[i]))
+    if not usable:
+        return out
+    x = np.asarray(points, dtype=np.float64)
+    offsets = np.cumsum([0] + [sizes[i] for i in usable])
+    onehot = np.zeros((n, offsets[-1]))
+    rows = np.arange(n)
+    for col, i in enumerate(usable):
+        onehot[rows, offsets[col] + codes[i][1]] = 1.0
+    squared = np.einsum("ij,ij->i", x, x)
+    sums = np.empty((n, offsets[-1]))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        d = squared[start:stop, None] - 2.0 * (x[start:stop] @ x.T) + squared[None, :]
+        np.maximum(d, 0, out=d)
+        np.sqrt(d, out=d)
+        d[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        sums[start:stop] = d @ onehot
+    for col, i in enumerate(usable):
+        own = codes[i][1]
+        block = sums[:, offsets[col] : offsets[col + 1]]
+        counts = np.bincount(own, minlength=sizes[i]).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intra = block[rows, own] / (counts[own] - 1)
+            means = block / counts[None, :]
+        means[rows, own] = np.inf
+        inter = means.min(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = (inter - intra) / np.maximum(intra, inter)
+        values[counts[own] == 1] = 0.0
+        out[i] = float(np.mean(np.nan_to_num(values)))
+    return out
 
 
 def _region_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -151,14 +208,15 @@ def segment_features(
 ):
     """Segment one image; returns (labels (h, w), {k: silhouette}, chosen k). See DESIGN.md stage 2."""
     h, w = features.shape[1:]
-    points = project_features(features, n_components, seed)
-    flat, scores, k = choose_k(points, max_clusters, n_clusters, n_init, silhouette_sample, seed)
-    labels = flat.reshape(h, w)
-    if n_clusters is None:  # a forced k is the user's decision: do not merge it away
-        labels = merge_close(labels, latent, merge_threshold)
-    if depth is not None:
-        labels = split_by_depth(labels, depth, depth_span, seed)
-        labels = merge_close(labels, latent, depth_merge_threshold, depth, depth_difference)
+    with _single_threaded():
+        points = project_features(features, n_components, seed)
+        flat, scores, k = choose_k(points, max_clusters, n_clusters, n_init, silhouette_sample, seed)
+        labels = flat.reshape(h, w)
+        if n_clusters is None:  # a forced k is the user's decision: do not merge it away
+            labels = merge_close(labels, latent, merge_threshold)
+        if depth is not None:
+            labels = split_by_depth(labels, depth, depth_span, seed)
+            labels = merge_close(labels, latent, depth_merge_threshold, depth, depth_difference)
     if user_mask is not None:
         labels = apply_user_mask(labels, user_mask)
     labels = clean_small(labels, min_region_size)

@@ -73,6 +73,11 @@ class Session:
         """Put an edited result in place (e.g. merged regions, overridden matches); later stages become stale."""
         if not isinstance(result, RESULT_TYPES[stage]):
             raise StyleGalleryError(f"a {stage} result must be a {RESULT_TYPES[stage].__name__}")
+        segmentation = self.results["segment"]
+        if stage == "match" and segmentation is not None and result.score.shape != (
+            segmentation.n_regions(0), sum(segmentation.n_regions(i) for i in range(1, len(segmentation.labels)))
+        ):
+            raise StyleGalleryError("this matching belongs to another segmentation: run match again")
         self.results[stage] = result
         later = STAGES.index(stage) + 1
         if later < len(STAGES):

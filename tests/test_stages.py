@@ -137,6 +137,8 @@ def test_override_and_keep_content(pipe, planted_run):
     assert table[1]["style_image"] is None
     with pytest.raises(StyleGalleryError):
         matching.override(0, 5, 0)
+    matching.reset(1)
+    assert matching.matches[1] == matching.columns[int(matching.score[1].argmax())] and 1 not in matching.overridden
 
 
 def test_stages_save_and_load_without_pickle(pipe, planted_run, tmp_path):

@@ -139,3 +139,12 @@ def test_one_call(pipe):
     assert len(out.stylization.history) == 3
     with pytest.raises(StyleGalleryError, match="unknown setting"):
         pipe(content, [style], size=128, colour="red")
+
+
+def test_keyboard_interrupt_keeps_the_current_result(pipe, staged):
+    def interrupt(info):
+        if info.step == 2:
+            raise KeyboardInterrupt
+
+    result = pipe.stylize(*staged, steps=6, callback=interrupt, progress=False)
+    assert result.stopped_early and len(result.history) == 2 and result.image.size == (256, 256)
