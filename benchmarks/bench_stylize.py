@@ -631,6 +631,33 @@ def targets_report(results: dict) -> str:
     return "\n".join(out)
 
 
+def report(results: dict, readme: bool) -> None:
+    """Print the tables and the verdicts; with ``readme`` also write them into benchmarks/README.md."""
+    table = summarise(results)
+    verdict = targets_report(results)
+    print("\n" + table + "\n\n" + verdict, flush=True)
+    print(f"\ntotal {results['seconds'] / 60:.1f} min", flush=True)
+    if not readme:
+        return
+    info = results["machine"]
+    text = (f"Measured with `{results.get('command', 'python benchmarks/bench_stylize.py')}` on {info.get('cpu')} "
+            f"({info.get('cpus')} CPUs, {info.get('memory_gib')} GiB, torch {info.get('torch')}, "
+            f"{results.get('threads', info.get('threads'))} thread(s)), code {results.get('code', 'unknown')}; model "
+            f"`{results['model']}` on {results['device']} ({results['dtype']}), {results['size']} px, "
+            f"{results['steps']} steps per variant; load average {results['load_average_start']} at the start, "
+            f"{results['load_average_end']} at the end; {results['seconds'] / 60:.1f} min in all.\n\n"
+            + table + "\n\nTargets:\n\n" + verdict)
+    if "check" in results:
+        c = results["check"]
+        text += (f"\n\nChecks: the reference loop equals `stylize(region_attention=\"zeroed\")` to "
+                 f"{max(c['loss_rel_diff'], c['region_rel_diff'], c['latent_rel_diff']):.0e} (relative). "
+                 "Feature-cache hit rate of a re-run: "
+                 + ", ".join(f"{float(v):.0%} with max_bytes = {float(k):.0%} of one run's features"
+                             for k, v in c.get("rerun_hit_rate", {}).items()) + ".")
+    model = results["model"] if results["model"] in ("sd15", "tiny") else "other"
+    replace_section(SCRIPT.parent / "README.md", f"stylize-{model}", text)
+
+
 # ============================================================================================ main
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -652,6 +679,7 @@ def parse(argv=None):
     ap.add_argument("--no-check", action="store_true", help="skip the reference == stylize(zeroed) check")
     ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
     ap.add_argument("--readme", action="store_true", help="write the tables into benchmarks/README.md")
+    ap.add_argument("--from-json", default=None, help="only print (and with --readme write) the tables of a --json file")
     ap.add_argument("--proposed", action="store_true",
                     help="also run stylize with the proposed grouped style targets patched in (adds about 40%%)")
     ap.add_argument("--worker", choices=("floor", "reference", "ours"), help=argparse.SUPPRESS)
@@ -682,6 +710,10 @@ def main(argv=None):
     if args.worker:
         worker(args)
         return
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        report(results, args.readme)
+        return
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -696,7 +728,10 @@ def main(argv=None):
         f"(refs, regions): {configs}")
     folder = Path(tempfile.mkdtemp(prefix="bench-stylize-"))
     pipe = load_pipe(args.model, args.device, args.dtype)
-    results = {"machine": info, "model": args.model, "device": str(pipe.device), "dtype": str(pipe.dtype),
+    command = "python benchmarks/bench_stylize.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--readme")
+    results = {"command": command.strip(), "machine": info, "model": args.model, "device": str(pipe.device),
+               "dtype": str(pipe.dtype),
                "size": args.size, "steps": args.steps, "threads": torch.get_num_threads(), "code": code_state(),
                "metric": "cpu" if pipe.device.type == "cpu" else "times", "load_average_start": load_average()}
     if not args.no_check:
@@ -741,26 +776,9 @@ def main(argv=None):
     results["load_average_end"] = load_average()
     results["seconds"] = time.perf_counter() - t_start
 
-    table = summarise(results)
-    verdict = targets_report(results)
-    log("\n" + table + "\n\n" + verdict)
-    log(f"\ntotal {results['seconds'] / 60:.1f} min")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    if args.readme:
-        cmd = "python benchmarks/bench_stylize.py " + " ".join(a for a in (argv or sys.argv[1:]) if a != "--readme")
-        text = (f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}` on {info.get('cpu')} "
-                f"({info.get('cpus')} CPUs, {info.get('memory_gib')} GiB, torch {info.get('torch')}, "
-                f"{info.get('threads')} threads), code {results['code']}; model `{args.model}` on {results['device']} ({results['dtype']}), "
-                f"{args.size} px, {args.steps} steps per variant; load average {results['load_average_start']} at the "
-                f"start, {results['load_average_end']} at the end; {results['seconds'] / 60:.1f} min in all.\n\n"
-                + table + "\n\nTargets:\n\n" + verdict)
-        if "check" in results:
-            c = results["check"]
-            text += (f"\n\nCheck: the reference loop equals `stylize(region_attention=\"zeroed\")` to "
-                     f"{max(c['loss_rel_diff'], c['region_rel_diff'], c['latent_rel_diff']):.0e} (relative).")
-        replace_section(SCRIPT.parent / "README.md", f"stylize-{args.model if args.model in ('sd15', 'tiny') else 'other'}",
-                        text)
+    report(results, args.readme)
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
