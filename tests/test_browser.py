@@ -257,13 +257,13 @@ def test_widgets_render_and_drive_the_kernel(lab, page):
     columns = json.loads(canvas.get_attribute("data-columns"))
     assert json.loads(page.locator(".sg-mm-table").first.get_attribute("data-matches")) == before
     target = next(j for j, column in enumerate(columns) if column != before[0])
-    box = canvas.bounding_box()
-    x = box["x"] + layout["colX"][target] + layout["cellW"] / 2
-    y = box["y"] + layout["top"] + layout["cellH"] / 2
-    page.mouse.move(x, y)
+    # locator.hover/click scroll the canvas into view, wait until it stops moving and check that it is the
+    # element under the pointer; raw page.mouse coordinates go stale when JupyterLab scrolls the notebook
+    cell = {"x": layout["colX"][target] + layout["cellW"] / 2, "y": layout["top"] + layout["cellH"] / 2}
+    canvas.hover(position=cell)
     page.wait_for_function("() => document.querySelector('.sg-mm-info').textContent.includes('score')")
     assert "semantic" in page.locator(".sg-mm-info").first.text_content()
-    page.mouse.click(x, y)
+    canvas.click(position=cell)
     expected = [columns[target]] + before[1:]
     page.wait_for_function(
         "(expected) => document.querySelector('.sg-mm-table').dataset.matches === JSON.stringify(expected)",
@@ -283,15 +283,15 @@ def test_widgets_render_and_drive_the_kernel(lab, page):
 
     # RegionView: hover names a region, a click on the canvas and one on a legend chip pick two, merge joins them
     view = page.locator(".sg-region-view").first
-    view.scroll_into_view_if_needed()
     canvas = view.locator("canvas.sg-rv-canvas")
     box = canvas.bounding_box()
     chips = view.locator(".sg-legend .sg-chip")
     n = chips.count()
     assert n >= 2
-    page.mouse.move(box["x"] + 0.15 * box["width"], box["y"] + 0.5 * box["height"])
+    spot = {"x": 0.15 * box["width"], "y": 0.5 * box["height"]}
+    canvas.hover(position=spot)
     page.wait_for_function("() => document.querySelector('.sg-region-view .sg-tooltip').textContent.startsWith('region ')")
-    page.mouse.click(box["x"] + 0.15 * box["width"], box["y"] + 0.5 * box["height"])
+    canvas.click(position=spot)
     page.wait_for_function("() => document.querySelectorAll('.sg-region-view .sg-chip-on').length === 1")
     first = int(view.locator(".sg-chip-on").first.text_content().split("·")[0])
     chips.nth(1 if first == 0 else 0).click()
