@@ -8,11 +8,8 @@ spent on the rest of the network.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class StopForward(Exception):
@@ -34,12 +31,8 @@ class AttentionRecorder:
         With ``stop_early`` the forward ends after the last recorded layer and returns no noise prediction.
         """
         self.keep, self.stop_early, self.records = tuple(keep), stop_early, {}
-        # PyTorch's CPU flash-attention backward is many times slower than the plain matrix-product kernel at
-        # these sequence lengths, and stylize differentiates through every attention layer.
-        backward_on_cpu = latent.device.type == "cpu" and torch.is_grad_enabled()
         try:
-            with sdpa_kernel(SDPBackend.MATH) if backward_on_cpu else nullcontext():
-                unet(latent, timestep, encoder_hidden_states=embedding, return_dict=False)
+            unet(latent, timestep, encoder_hidden_states=embedding, return_dict=False)
         except StopForward:
             pass
         finally:

@@ -1,7 +1,7 @@
 """The regional attention style loss and the content loss (DESIGN.md, stage 4).
 
-One attention per layer serves every matched region: the keys and values of all references are concatenated,
-and a per-query mask lets each content query see only the style region its own region is matched to.
+The keys and values of all references are concatenated once per layer; each matched content region attends
+only to the part of them it may see, so the work grows with the image, not with the number of regions.
 """
 
 from __future__ import annotations
@@ -26,50 +26,78 @@ def token_labels(labels: torch.Tensor, tokens: int) -> torch.Tensor:
 
 
 @dataclass
+class RegionGroup:
+    """The queries of one matched content region and the keys they may see."""
+
+    rows: torch.Tensor  # (n,) query tokens of the content region
+    region_keys: torch.Tensor  # indices (into the concatenated keys) of the matched style region
+    reference_keys: torch.Tensor  # indices of every key of the matched reference
+    inside: torch.Tensor  # (len(reference_keys),) True where that key lies in the matched region
+
+
+@dataclass
 class RegionPlan:
-    """For one layer resolution: per query its content region and matched (reference, region); per key its own."""
+    """For one layer resolution: per query its content region and matched (reference, region); per key its own;
+    and the matched regions as :class:`RegionGroup` s."""
 
     content_region: torch.Tensor  # (N,) content region of each query token
     query_reference: torch.Tensor  # (N,) matched reference, -1 where the region keeps its content
     query_region: torch.Tensor  # (N,) matched style region, -1 likewise
     key_reference: torch.Tensor  # (M,) reference each concatenated key belongs to
     key_region: torch.Tensor  # (M,) region of that reference
+    groups: list[RegionGroup]
 
 
 def region_plan(content_labels, style_labels, matches, tokens: int, device) -> RegionPlan:
     """Build the :class:`RegionPlan` for layers with ``tokens`` tokens from label maps and the match list."""
-    content = token_labels(content_labels, tokens)
-    lookup_ref = torch.tensor([m[0] if m is not None else -1 for m in matches])
-    lookup_reg = torch.tensor([m[1] if m is not None else -1 for m in matches])
+    content = token_labels(content_labels, tokens).to(device)
     keys = [token_labels(lab, tokens) for lab in style_labels]
-    key_ref = torch.cat([torch.full_like(k, j) for j, k in enumerate(keys)])
-    return RegionPlan(
-        content.to(device), lookup_ref[content].to(device), lookup_reg[content].to(device),
-        key_ref.to(device), torch.cat(keys).to(device),
-    )
+    key_ref = torch.cat([torch.full_like(k, j) for j, k in enumerate(keys)]).to(device)
+    key_reg = torch.cat(keys).to(device)
+    lookup_ref = torch.tensor([m[0] if m is not None else -1 for m in matches], device=device)
+    lookup_reg = torch.tensor([m[1] if m is not None else -1 for m in matches], device=device)
+    groups = []
+    for r, match in enumerate(matches):
+        rows = torch.nonzero(content == r).squeeze(1)
+        if match is None or not len(rows):
+            continue
+        reference_keys = torch.nonzero(key_ref == match[0]).squeeze(1)
+        inside = key_reg[reference_keys] == match[1]
+        groups.append(RegionGroup(rows, reference_keys[inside], reference_keys, inside))
+    return RegionPlan(content, lookup_ref[content], lookup_reg[content], key_ref, key_reg, groups)
+
+
+def _attention(q, k, v):
+    # with a batch dimension, PyTorch's CPU kernel works in blocks instead of materialising (heads, n, m)
+    return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
 
 
 def style_targets(q_content, keys, values, plan: RegionPlan, mode: str = "masked", query_scale: float = 1.5):
     """Target attention outputs (heads, N, d) of the content queries over their matched style regions.
 
-    ``masked``: logits of keys outside the matched region are removed, so queries attend only inside it.
-    ``zeroed`` (the authors' release): keys and values outside the region are zeroed, so they keep a logit of 0
-    and still take attention weight, within the matched reference.
+    One attention per matched region, over only the keys its queries may see, so the cost is the sum over
+    regions of |region| x |keys seen| and no (N, all keys) matrix is built.
+    ``masked``: queries attend only inside the matched region (where that region has no token at this
+    resolution, over its whole reference).
+    ``zeroed`` (the authors' release): keys and values of the matched reference outside the region are zeroed,
+    so they keep a logit of 0 and still take attention weight.
+    Rows of regions that keep their content are 0 (their loss is not used).
     """
-    same_ref = plan.key_reference[None, :] == plan.query_reference[:, None]
-    inside = same_ref & (plan.key_region[None, :] == plan.query_region[:, None])
-    valid = inside.any(1)
+    if mode not in REGION_ATTENTION_MODES:
+        raise ValueError(f"region_attention must be one of {REGION_ATTENTION_MODES}, not {mode!r}")
     q = q_content * query_scale
-    if mode == "masked":
-        mask = inside | ~valid[:, None]  # rows without a match attend anywhere; their loss is not used
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[None])
-    if mode == "zeroed":
-        same_ref = same_ref | ~valid[:, None]
-        logits = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        logits = torch.where(inside, logits, torch.zeros_like(logits))
-        logits = logits.masked_fill(~same_ref, float("-inf"))
-        return (logits.softmax(-1) * inside) @ values
-    raise ValueError(f"region_attention must be one of {REGION_ATTENTION_MODES}, not {mode!r}")
+    out = q.new_zeros(q.shape[:-1] + (values.shape[-1],))
+    for group in plan.groups:
+        if mode == "masked":
+            cols = group.region_keys if len(group.region_keys) else group.reference_keys
+            k, v = keys[:, cols], values[:, cols]
+        elif group.inside.any():
+            inside = group.inside[None, :, None].to(keys.dtype)
+            k, v = keys[:, group.reference_keys] * inside, values[:, group.reference_keys] * inside
+        else:
+            continue  # zeroed, and no key inside: every value is zero, so is the target
+        out[:, group.rows] = _attention(q[:, group.rows], k, v)
+    return out
 
 
 def region_style_loss(out, target, plan: RegionPlan, n_regions: int, mode: str = "masked") -> torch.Tensor:
