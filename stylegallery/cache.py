@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -24,6 +25,10 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _nbytes(entry: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in entry.values())
 
@@ -33,6 +38,11 @@ class TensorCache:
 
     Floating tensors are stored as ``dtype`` (half precision by default: attention features survive it to
     about 1e-3 relative error). ``enabled=False`` turns every lookup into a miss and stores nothing.
+
+    A caller that walks many entries in order (stylize's timesteps) calls :meth:`start_run` first. Entries used
+    since then are never evicted for new ones of the same run: when a run needs more than ``max_bytes``, the
+    part that fits stays cached (a re-run is served for that share) instead of each entry being evicted just
+    before the next run asks for it, and a warning says how to make room.
     """
 
     def __init__(self, max_bytes: int = 4 << 30, directory: str | os.PathLike | None = None,
@@ -43,6 +53,8 @@ class TensorCache:
         self.dtype = dtype
         self.enabled = enabled
         self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._in_run: set[str] = set()
+        self._warned = False
         self.hits = self.misses = 0
 
     @property
@@ -60,6 +72,12 @@ class TensorCache:
     def clear(self) -> None:
         """Forget everything held in memory (disk entries stay)."""
         self._memory.clear()
+        self._in_run.clear()
+
+    def start_run(self) -> None:
+        """Begin a run: from now on, entries this run uses are kept in preference to older ones."""
+        self._in_run.clear()
+        self._warned = False
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
@@ -71,6 +89,7 @@ class TensorCache:
         entry = self._memory.get(key)
         if entry is not None:
             self._memory.move_to_end(key)
+            self._in_run.add(key)
         elif self.directory is not None and self._path(key).is_file():
             try:
                 entry = load_file(str(self._path(key)))
@@ -100,12 +119,24 @@ class TensorCache:
             self._trim_disk()
 
     def _remember(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+        self._memory.pop(key, None)
+        total = self.nbytes + _nbytes(entry)
+        for old in [k for k in self._memory if k not in self._in_run]:  # least recently used first
+            if total <= self.max_bytes:
+                break
+            total -= _nbytes(self._memory.pop(old))
+        if total > self.max_bytes and self._memory:  # what is left belongs to this run: keep it, not the new one
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"a TensorCache is full ({_size(self.nbytes)} of max_bytes = {_size(self.max_bytes)}): the rest of "
+                    "this run is not cached, so a re-run recomputes it. For stylize's features, pass "
+                    "cache=TensorCache(max_bytes=...) or TensorCache(directory=...) to from_pretrained to keep it all.",
+                    stacklevel=4,
+                )
+            return
         self._memory[key] = entry
-        self._memory.move_to_end(key)
-        total = self.nbytes
-        while total > self.max_bytes and len(self._memory) > 1:
-            _, dropped = self._memory.popitem(last=False)
-            total -= _nbytes(dropped)
+        self._in_run.add(key)
 
     def _trim_disk(self) -> None:
         files = sorted(self.directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)

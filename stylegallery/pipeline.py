@@ -187,6 +187,7 @@ class StyleGallery:
         grid = tuple(prepared.latents.shape[-2:])
         keys = [cache_key(kind="inversion", model=self.backbone.fingerprint, image=h, grid=grid,
                           steps=inversion_steps, weights=weights.tolist()) for h in prepared.hashes]
+        self.inversion_cache.start_run()
         found = [self.inversion_cache.get(k) for k in keys]
         missing = [i for i, entry in enumerate(found) if entry is None]
         timesteps = None
@@ -415,6 +416,7 @@ class StyleGallery:
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         plans: dict[int, object] = {}
+        self.feature_cache.start_run()
         history: list[dict] = []
         stopped = False
         total = steps * iters

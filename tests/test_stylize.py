@@ -148,3 +148,24 @@ def test_keyboard_interrupt_keeps_the_current_result(pipe, staged):
 
     result = pipe.stylize(*staged, steps=6, callback=interrupt, progress=False)
     assert result.stopped_early and len(result.history) == 2 and result.image.size == (256, 256)
+
+
+def test_feature_cache_keeps_what_fits_when_a_run_outgrows_it(pipe, staged):
+    from stylegallery import TensorCache
+
+    pipe.feature_cache.clear()
+    pipe.stylize(*staged, steps=4, progress=False)
+    full = pipe.feature_cache.nbytes
+    small = TensorCache(max_bytes=full // 2)
+    old, pipe.feature_cache = pipe.feature_cache, small
+    try:
+        with pytest.warns(UserWarning, match="TensorCache is full"):
+            pipe.stylize(*staged, steps=4, progress=False)
+        assert 0 < small.nbytes <= full // 2
+        hits = small.hits
+        with pytest.warns(UserWarning, match="TensorCache is full"):  # its misses still do not fit
+            pipe.stylize(*staged, steps=4, c_ratio=0.5, progress=False)
+        # an LRU cache would have evicted every entry just before the re-run asked for it: 0 hits
+        assert small.hits - hits >= 3  # the first timesteps (3 images each) are served from the cache
+    finally:
+        pipe.feature_cache = old
