@@ -13,8 +13,8 @@ Three ways to spend one optimization step, on the same model, latent size and la
 
 Each variant runs in a fresh subprocess (so its peak memory is its own), a few steps each, for 1, 2 and 4
 references and 2, 5 and 8 matched regions. The style loss alone (targets + loss + backward, no UNet) is also
-timed in-process for every setting, for the current implementation, the reference, and a proposed grouped
-implementation (:func:`grouped_targets`).
+timed in-process for every setting: ours (one attention per matched region over only the keys it may see), the
+authors' per-region loss, and one masked attention per layer over all keys (:func:`dense_masked_targets`).
 
 Run from the repository root (see benchmarks/README.md for how to read the output)::
 
@@ -34,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -133,60 +134,18 @@ def reference_stylize(pipe, prepared, inversion, segmentation, matching, *, step
     return history, z.detach()
 
 
-# ============================================================================================ proposed loss
-def grouped_targets(q_content, keys, values, plan, mode: str = "masked", query_scale: float = 1.5, groups=None):
-    """Same targets as :func:`stylegallery.style_loss.style_targets`, one small attention per matched region.
+# ============================================================================================ one masked attention
+def dense_masked_targets(q_content, keys, values, plan, query_scale: float = 1.5):
+    """The masked targets as one attention per layer over all references' keys with an (N, M) region mask.
 
-    The queries of content region r attend only to the keys they may see: those of their matched style region
-    (``masked``), or all keys of their matched reference with the keys and values outside the region zeroed
-    (``zeroed``, as the authors do, but with r's queries only instead of all queries). Cost: sum over regions of
-    |r| x |s| (masked) or |r| x |reference| (zeroed), instead of N x (all references' keys); no N x M tensor is
-    ever materialised. Rows of unmatched regions are 0 (their loss is not used).
+    The design issue 4 names; ``style_loss.style_targets`` instead runs one attention per matched region over
+    only the keys it may see. Same numbers (checked in :func:`loss_bench`), kept here to compare the costs.
     """
-    if groups is None:
-        groups = region_groups(plan, mode)
-    q = q_content * query_scale
-    out = q.new_zeros(q.shape[:-1] + (values.shape[-1],))
-    for rows, cols, inside in groups:
-        if mode == "masked":
-            k, v = keys[:, cols], values[:, cols]
-        else:
-            k, v = keys[:, cols] * inside, values[:, cols] * inside
-        out[:, rows] = _attention(q[:, rows], k, v)
-    return out
-
-
-def batched_targets(q_content, keys, values, plan, mode: str = "masked", query_scale: float = 1.5):
-    """``style_targets`` exactly as it is, but its masked attention called with a batch dimension."""
-    from stylegallery.style_loss import style_targets
-
-    if mode != "masked":
-        return style_targets(q_content, keys, values, plan, mode, query_scale)
     same_ref = plan.key_reference[None, :] == plan.query_reference[:, None]
     inside = same_ref & (plan.key_region[None, :] == plan.query_region[:, None])
-    mask = inside | ~inside.any(1)[:, None]
+    empty = ~inside.any(1)[:, None]  # the matched region has no key at this resolution: its whole reference
+    mask = inside | (empty & same_ref) | (plan.query_reference < 0)[:, None]  # unmatched rows: anywhere, unused
     return _attention(q_content * query_scale, keys, values, mask)
-
-
-def region_groups(plan, mode: str):
-    """Per matched content region: (query rows, key columns, inside-mask of those columns (zeroed mode))."""
-    groups = []
-    for r in torch.unique(plan.content_region).tolist():
-        rows = torch.nonzero(plan.content_region == r).squeeze(1)
-        j, s = int(plan.query_reference[rows[0]]), int(plan.query_region[rows[0]])
-        if j < 0:
-            continue
-        inside = (plan.key_reference == j) & (plan.key_region == s)
-        if not inside.any():  # the style region vanished at this resolution: style_targets' fallback
-            if mode == "masked":
-                groups.append((rows, torch.arange(len(inside), device=rows.device), None))
-            continue  # zeroed: every key is zeroed, the target is 0 (already)
-        if mode == "masked":
-            groups.append((rows, torch.nonzero(inside).squeeze(1), None))
-        else:
-            cols = torch.nonzero(plan.key_reference == j).squeeze(1)
-            groups.append((rows, cols, inside[cols][None, :, None].to(torch.float32)))
-    return groups
 
 
 # ============================================================================================ stages on disk
@@ -300,11 +259,6 @@ def worker(args) -> dict:
         result.update(times=times, cpu=cpu, memory=state["memory"], first_loss=history[0]["total"])
 
     elif args.worker == "ours":
-        if args.patch == "grouped":  # the proposed style_targets, end to end
-            import stylegallery.pipeline as pipeline_module
-
-            pipeline_module.style_targets = grouped_targets
-
         def timed_run(matching, label):
             mem = PeakMemory(device).start()
             times, cpu, state = [], [], {"last": now(device), "cpu": time.process_time()}
@@ -360,28 +314,30 @@ def check_reference(pipe, folder: Path, log=print) -> dict:
         f"latent {z_diff:.1e} -> {'OK' if ok else 'MISMATCH'}")
     out = {"loss_rel_diff": loss_diff, "region_rel_diff": region_diff, "latent_rel_diff": z_diff, "ok": ok}
 
-    # the feature cache is an LRU; a re-run walks the timesteps in the same order as the first run, so a cache
-    # smaller than one run's features evicts every entry before it is needed again
+    # a re-run walks the timesteps in the same order as the first run: a plain LRU cache smaller than one run's
+    # features would evict every entry just before it is needed again; ours keeps the share that fits
     cache, steps = pipe.feature_cache, 6
     limit = cache.max_bytes
     hits = {}
-    try:
-        for share in (1.0, 0.75):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "a TensorCache is full": expected at 75%
+        try:
+            for share in (1.0, 0.75):
+                cache.clear()
+                cache.max_bytes = 1 << 40
+                pipe.stylize(prepared, inversion, segmentation, matching, steps=SCHEDULE, progress=False,
+                             callback=lambda info: info.step >= steps)
+                cache.max_bytes = int(cache.nbytes * share)
+                cache.clear()
+                pipe.stylize(prepared, inversion, segmentation, matching, steps=SCHEDULE, progress=False,
+                             callback=lambda info: info.step >= steps)
+                before = cache.hits
+                pipe.stylize(prepared, inversion, segmentation, matching, steps=SCHEDULE, progress=False,
+                             callback=lambda info: info.step >= steps)
+                hits[share] = (cache.hits - before) / (steps * (prepared.n_styles + 1))
+        finally:
+            cache.max_bytes = limit
             cache.clear()
-            cache.max_bytes = 1 << 40
-            pipe.stylize(prepared, inversion, segmentation, matching, steps=SCHEDULE, progress=False,
-                         callback=lambda info: info.step >= steps)
-            cache.max_bytes = int(cache.nbytes * share)
-            cache.clear()
-            pipe.stylize(prepared, inversion, segmentation, matching, steps=SCHEDULE, progress=False,
-                         callback=lambda info: info.step >= steps)
-            before = cache.hits
-            pipe.stylize(prepared, inversion, segmentation, matching, steps=SCHEDULE, progress=False,
-                         callback=lambda info: info.step >= steps)
-            hits[share] = (cache.hits - before) / (steps * (prepared.n_styles + 1))
-    finally:
-        cache.max_bytes = limit
-        cache.clear()
     log(f"  feature cache hit rate of a re-run: {hits[1.0]:.0%} when max_bytes holds the run's features, "
         f"{hits[0.75]:.0%} when it holds 75% of them")
     out["rerun_hit_rate"] = {str(k): v for k, v in hits.items()}
@@ -410,27 +366,24 @@ def loss_bench(pipe, stages: dict, size: int, repeats: int, log=print, max_gib: 
         style_records = [{l: {"k": rec[l]["k"][j + 1 : j + 2], "v": rec[l]["v"][j + 1 : j + 2]} for l in layers}
                          for j in range(n_refs)]
         outs = {l: rec[l]["o"][0].detach().clone().requires_grad_(True) for l in layers}
-        plans, masks, groups = {}, {}, {}
+        plans, masks = {}, {}
         for l in layers:
             tokens = q_c[l].shape[1]
             if tokens not in plans:
                 plans[tokens] = SL.region_plan(labels[0], list(labels[1:]), matching.matches, tokens, device)
                 masks[tokens] = (region_masks(labels[0], tokens, device, dtype),
                                  [region_masks(labels[j + 1], tokens, device, dtype) for j in range(n_refs)])
-                groups[tokens] = {m: region_groups(plans[tokens], m) for m in ("masked", "zeroed")}
         n_regions = seg.n_regions(0)
 
-        def ours(mode, how="as is"):
+        def ours(mode, dense=False):
             total = 0
             for l in layers:
                 plan = plans[q_c[l].shape[1]]
                 keys = torch.cat([style_records[j][l]["k"][0] for j in range(n_refs)], dim=1)
                 values = torch.cat([style_records[j][l]["v"][0] for j in range(n_refs)], dim=1)
                 with torch.no_grad():
-                    if how == "grouped":
-                        target = grouped_targets(q_c[l], keys, values, plan, mode, 1.5, groups[q_c[l].shape[1]][mode])
-                    elif how == "batched":
-                        target = batched_targets(q_c[l], keys, values, plan, mode, 1.5)
+                    if dense:
+                        target = dense_masked_targets(q_c[l], keys, values, plan, 1.5)
                     else:
                         target = SL.style_targets(q_c[l], keys, values, plan, mode, 1.5)
                 total = total + SL.region_style_loss(outs[l], target, plan, n_regions, mode)
@@ -443,17 +396,16 @@ def loss_bench(pipe, stages: dict, size: int, repeats: int, log=print, max_gib: 
                                                      matching.matches, 1.5)
             return total
 
-        variants = {"ours_masked": lambda: ours("masked"), "ours_masked_batched": lambda: ours("masked", "batched"),
-                    "ours_zeroed": lambda: ours("zeroed"), "reference_zeroed": reference,
-                    "grouped_masked": lambda: ours("masked", "grouped"), "grouped_zeroed": lambda: ours("zeroed", "grouped")}
+        variants = {"ours_masked": lambda: ours("masked"), "ours_zeroed": lambda: ours("zeroed"),
+                    "reference_zeroed": reference, "one_masked_attention": lambda: ours("masked", dense=True)}
         tokens_max = max(q_c[l].shape[1] for l in layers)
         heads = q_c[layers[0]].shape[0]
         row = {"refs": n_refs, "regions": n_regions, "size": size}
         values = {}
         for name, fn in variants.items():
-            # the current zeroed mode materialises ~4 (heads, N, all keys) float tensors: skip where that is huge
-            need = 4 * heads * tokens_max * tokens_max * n_refs * 4 / 2**30
-            if name == "ours_zeroed" and need > max_gib:
+            # one masked attention builds an (N, all keys) mask: skip where that is huge
+            need = tokens_max * tokens_max * n_refs * (1 + heads * 4) / 2**30
+            if name == "one_masked_attention" and need > max_gib:
                 row[name] = {"skipped": f"needs about {need:.1f} GiB"}
                 continue
             times = []
@@ -467,15 +419,13 @@ def loss_bench(pipe, stages: dict, size: int, repeats: int, log=print, max_gib: 
                 times.append(now(device) - start)
             row[name] = {"s": min(times), "median_s": median(times), "memory_extra": mem.read()["extra"]}
             values[name] = per_region.detach().float().cpu()
-        # equalities: reference == ours zeroed; grouped == ours in both modes
+        # equalities: the authors' per-region loss == ours zeroed; one masked attention == ours masked
         def rel(a, b):
             if a not in values or b not in values:
                 return None
             return float((values[a] - values[b]).abs().max() / values[b].abs().max().clamp_min(1e-12))
         row["diff"] = {"reference_vs_ours_zeroed": rel("reference_zeroed", "ours_zeroed"),
-                       "batched_vs_ours_masked": rel("ours_masked_batched", "ours_masked"),
-                       "grouped_vs_ours_masked": rel("grouped_masked", "ours_masked"),
-                       "grouped_vs_ours_zeroed": rel("grouped_zeroed", "ours_zeroed")}
+                       "one_masked_attention_vs_ours_masked": rel("one_masked_attention", "ours_masked")}
         rows.append(row)
         log("  loss only  refs %d regions %d: %s" % (n_refs, n_regions, "  ".join(
             f"{name} {row[name]['s'] * 1000:.0f} ms" if "s" in row[name] else f"{name} skipped" for name in variants)))
@@ -537,21 +487,16 @@ def summarise(results: dict) -> str:
              + (", in CPU seconds of the process (median wall-clock seconds in brackets)" if m == "cpu" else "")
              + ". Ours = `StyleGallery.stylize` as it is (`region_attention=\"masked\"`).", ""]
     lines += _time_table(results, "first", "rerun", "ours")
-    if any("proposed_first" in r for r in results["runs"]):
-        lines += ["", "The same with the proposed grouped style targets patched into `stylize` "
-                  "(`grouped_targets` in this file replacing `style_loss.style_targets`):", ""]
-        lines += _time_table(results, "proposed_first", "proposed_rerun", "proposed")
     if results.get("loss"):
         lines += ["", "Style loss alone (targets + loss + backward over the 6 loss layers, no UNet, real features of "
                   "one timestep), fastest of the repeats in ms; extra peak RSS in brackets. `ours_*` = "
-                  "`style_loss.style_targets` as it is; `ours_masked_batched` = the same with a batch dimension "
-                  "added to its `scaled_dot_product_attention` call; `reference_zeroed` = the authors' per-region "
-                  "attention; `grouped_*` = the proposed `grouped_targets` (one attention per matched region over "
-                  "only the keys it may see).", ""]
-        names = ["ours_masked", "ours_masked_batched", "ours_zeroed", "reference_zeroed", "grouped_masked",
-                 "grouped_zeroed"]
+                  "`style_loss.style_targets` (one attention per matched region over only the keys it may see); "
+                  "`reference_zeroed` = the authors' per-region attention over region-masked tensors; "
+                  "`one_masked_attention` = one attention per layer over all references' keys with an (N, M) "
+                  "region mask (`dense_masked_targets`).", ""]
+        names = ["ours_masked", "ours_zeroed", "reference_zeroed", "one_masked_attention"]
         lines.append("| size | refs | regions | " + " | ".join(names) + " | max rel. diff: reference vs ours_zeroed, "
-                     "batched vs ours_masked, grouped vs ours (masked, zeroed) |")
+                     "one masked attention vs ours_masked |")
         lines.append("|---:|---:|---:|" + "---:|" * len(names) + "---|")
         for row in results["loss"]:
             cells = []
@@ -616,14 +561,12 @@ def targets_report(results: dict) -> str:
             out.append(f"- reference, {refs} refs, {rows[0]['regions']} -> {rows[-1]['regions']} regions: "
                        f"{g * 100:+.1f}% time per step (for comparison)")
     out += _verdicts(results, "first", "rerun", "ours")
-    if any("proposed_first" in r for r in results["runs"]):
-        out += _verdicts(results, "proposed_first", "proposed_rerun", "proposed")
     loss_rows = [r for r in results.get("loss", []) if r["size"] == results["size"]]
     for refs in sorted({r["refs"] for r in loss_rows}):
         rows = sorted([r for r in loss_rows if r["refs"] == refs], key=lambda r: r["regions"])
         if len(rows) >= 2:
             parts = []
-            for name in ("ours_masked", "ours_masked_batched", "grouped_masked", "reference_zeroed"):
+            for name in ("ours_masked", "ours_zeroed", "reference_zeroed", "one_masked_attention"):
                 if "s" in rows[0][name] and "s" in rows[-1][name]:
                     parts.append(f"{name} {(rows[-1][name]['s'] / rows[0][name]['s'] - 1) * 100:+.0f}%")
             out.append(f"- style loss alone, {refs} refs, {rows[0]['regions']} -> {rows[-1]['regions']} regions: "
@@ -680,10 +623,7 @@ def parse(argv=None):
     ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
     ap.add_argument("--readme", action="store_true", help="write the tables into benchmarks/README.md")
     ap.add_argument("--from-json", default=None, help="only print (and with --readme write) the tables of a --json file")
-    ap.add_argument("--proposed", action="store_true",
-                    help="also run stylize with the proposed grouped style targets patched in (adds about 40%%)")
     ap.add_argument("--worker", choices=("floor", "reference", "ours"), help=argparse.SUPPRESS)
-    ap.add_argument("--patch", default="none", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
@@ -761,16 +701,10 @@ def main(argv=None):
                "references_used": d["references_used"], "steps": args.steps, "reference": ref,
                "first": ours["first"], "rerun": ours["rerun"], "cache_bytes": ours["cache_bytes"],
                "rerun_cache_hits": ours["rerun_cache_hits"], "floor": ours["floor"]}
-        if args.proposed:
-            proposed = run_worker(SCRIPT, ["--worker", "ours", "--patch", "grouped", "--dir", d["dir"], *common])
-            row["proposed_first"], row["proposed_rerun"] = proposed["first"], proposed["rerun"]
-            row["proposed_floor"] = proposed["floor"]
         results["runs"].append(row)
         log(f"  refs {n_refs} regions {d['content_regions']}: reference {median(ref['times']):.2f}  ours first "
             f"{median(ours['first']['times']):.2f}  re-run {median(ours['rerun']['times']):.2f} s/step wall; CPU s/step "
-            f"{median(ref['cpu']):.2f}, {median(ours['first']['cpu']):.2f}, {median(ours['rerun']['cpu']):.2f}"
-            + (f"; proposed {median(row['proposed_first']['cpu']):.2f}, {median(row['proposed_rerun']['cpu']):.2f}"
-               if args.proposed else ""))
+            f"{median(ref['cpu']):.2f}, {median(ours['first']['cpu']):.2f}, {median(ours['rerun']['cpu']):.2f}")
     log("floor again")
     results["floor"].append(run_worker(SCRIPT, ["--worker", "floor", "--dir", first_dir, *common]))
     results["load_average_end"] = load_average()
