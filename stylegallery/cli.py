@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto")
     run.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    run.add_argument("--low-memory", action="store_true",
+                     help="gradient checkpointing, and on a GPU each model only on it while its stage runs (slower)")
     run.add_argument("--report", help="write a JSON report here")
     run.add_argument("--save-regions", metavar="DIR", help="write each image's region map as a PNG here")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -87,12 +89,15 @@ def _run(args) -> None:
         device=args.device,
         torch_dtype=args.dtype,
     )
+    if args.low_memory and pipe.device.type != "cpu":
+        pipe.enable_model_cpu_offload(pipe.device)
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipe.device)
     out = pipe(
         args.content, args.styles, size=args.size, steps=args.steps, inversion_steps=args.inversion_steps,
         c_ratio=args.c_ratio, lr=args.lr, max_clusters=args.max_clusters, seed=args.seed,
         region_attention=args.region_attention, use_depth=not args.no_depth, progress=not args.quiet,
+        gradient_checkpointing=args.low_memory,
     )
     write_atomic(args.output, lambda tmp: out.image.save(tmp, format=_image_format(args.output)))
     if args.save_regions:

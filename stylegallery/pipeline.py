@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import warnings
@@ -77,6 +78,20 @@ class StyleGalleryOutput:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _frees_models(stage):
+    """After ``stage``, move models under CPU offload back to the CPU (see ``enable_model_cpu_offload``)."""
+
+    @functools.wraps(stage)
+    def run(self, *args, **kwargs):
+        try:
+            return stage(self, *args, **kwargs)
+        finally:
+            for hook in self._offload_hooks:
+                hook.offload()
+
+    return run
+
+
 class StyleGallery:
     """Training-free, semantic-aware style transfer on a Stable Diffusion backbone.
 
@@ -96,6 +111,7 @@ class StyleGallery:
         self.feature_cache = cache if cache is not None else TensorCache()
         self.inversion_cache = TensorCache(max_bytes=1 << 30, dtype=torch.float32)
         self.test_models = False
+        self._offload_hooks: list = []
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -151,7 +167,25 @@ class StyleGallery:
         pipe.test_models = test_folder is not None
         return pipe
 
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> "StyleGallery":
+        """Keep the models in CPU memory; each moves to ``device`` when a stage first runs it and back when the
+        stage ends (accelerate's offload hooks, as in diffusers' ``enable_model_cpu_offload``).
+
+        Only the models of one stage share the GPU (stylize: the UNet and the VAE), at the cost of moving each
+        once per stage. With ``gradient_checkpointing=True`` in :meth:`stylize` this is the low-memory setting.
+        """
+        from accelerate import cpu_offload_with_hook
+
+        device = torch.device(device)
+        for hook in self._offload_hooks:
+            hook.remove()
+        models = [m for m in (self.unet, self.vae, self.semantic_model, self.depth_model) if m is not None]
+        self._offload_hooks = [cpu_offload_with_hook(m, device)[1] for m in models]
+        self.device = device
+        return self
+
     # ------------------------------------------------------------------ stage 1a
+    @_frees_models
     @torch.no_grad()
     def prepare(self, content, styles: Sequence, *, size: int | tuple[int, int] = 512, keep_aspect: bool = False) -> Prepared:
         """Read and validate the content image and style references, resize to ``size``, encode with the VAE.
@@ -173,6 +207,7 @@ class StyleGallery:
         return Prepared([n for _, n, _ in loaded], [h for _, _, h in loaded], pixels, latents.cpu(), self.backbone.fingerprint)
 
     # ------------------------------------------------------------------ stage 1b
+    @_frees_models
     def invert(self, prepared: Prepared, *, inversion_steps: int = 15, weight_steepness: float = 5.0,
                weight_midpoint: float = 0.7, progress: bool = True) -> Inversion:
         """DDIM inversion of every image with capture of the decoder features at latent resolution.
@@ -226,6 +261,7 @@ class StyleGallery:
             maps.append(depth.cpu().numpy())
         return maps
 
+    @_frees_models
     def segment(
         self,
         prepared: Prepared,
@@ -302,6 +338,7 @@ class StyleGallery:
             out.append(hidden[0, 1 : 1 + gh * gw].reshape(gh, gw, -1).float().cpu())
         return out
 
+    @_frees_models
     def match(
         self,
         prepared: Prepared,
@@ -368,6 +405,7 @@ class StyleGallery:
         decoded = self.vae.decode(latent.to(self.device, self.dtype) / self.vae.config.scaling_factor).sample
         return to_pixels(decoded[0])
 
+    @_frees_models
     def stylize(
         self,
         prepared: Prepared,

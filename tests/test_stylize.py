@@ -169,3 +169,20 @@ def test_feature_cache_keeps_what_fits_when_a_run_outgrows_it(pipe, staged):
         assert small.hits - hits >= 3  # the first timesteps (3 images each) are served from the cache
     finally:
         pipe.feature_cache = old
+
+
+def test_model_cpu_offload_runs_every_stage_and_gives_the_same_image(pipe, staged, model_dir):
+    from stylegallery import StyleGallery
+
+    offloaded = StyleGallery.from_pretrained(
+        str(model_dir / "sd"), semantic_model=str(model_dir / "dinov2"), depth_model=str(model_dir / "depth"), device="cpu"
+    ).enable_model_cpu_offload("cpu")  # the hooks' code path; on a GPU the models also change device
+    assert len(offloaded._offload_hooks) == 4  # UNet, VAE, DINOv2, Depth Anything
+    prepared, inversion, _, _ = staged
+    torch.testing.assert_close(torch.from_numpy(offloaded.depth_maps(prepared)[1]),
+                               torch.from_numpy(pipe.depth_maps(prepared)[1]))
+    seg = offloaded.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
+    assert offloaded.match(prepared, inversion, seg).matches == staged[3].matches
+    a = offloaded.stylize(prepared, inversion, staged[2], staged[3], steps=2, progress=False)
+    b = pipe.stylize(*staged, steps=2, progress=False)
+    assert torch.equal(a.pixels, b.pixels)
