@@ -279,17 +279,21 @@ class StyleGallery:
         depth_difference: float = 0.3,
         user_masks: dict | None = None,
         min_region_size: int = 20,
+        min_region_width: int = 3,
         seed: int = 0,
         progress: bool = True,
     ) -> Segmentation:
         """Cluster every image's diffusion features into regions (DESIGN.md stage 2).
 
         ``max_clusters``: largest k tried (k = 2..max_clusters, best silhouette wins; default 10).
-        ``n_clusters``: force k, for all images (int) or per image (list, None = automatic); no merging then.
+        ``n_clusters``: force k, for all images (int) or per image (list, None = automatic); no merging or
+        thin-strip removal then.
         ``merge_threshold``: merge regions whose mean latents are closer than this (0.85).
         ``use_depth``: split regions spanning ``depth_span`` of depth, then merge pairs closer than
         ``depth_merge_threshold`` in latent and ``depth_difference`` in depth (needs the depth model).
         ``user_masks``: {image index: (h, w) or (H, W) int array}; each non-zero label becomes a region.
+        ``min_region_width``: 4-connected strips nowhere this many latent pixels thick (zero-padding artefacts
+        along boundaries and the frame) go, pixel by pixel, to the nearest region (3; 1 = off).
         ``min_region_size``: 4-connected specks smaller than this many latent pixels join their neighbours.
         """
         check_settings(max_clusters=max_clusters)
@@ -311,13 +315,14 @@ class StyleGallery:
                 silhouette_sample=silhouette_sample, merge_threshold=merge_threshold,
                 depth=None if depths is None else depths[i], depth_span=depth_span,
                 depth_merge_threshold=depth_merge_threshold, depth_difference=depth_difference,
-                user_mask=mask, min_region_size=min_region_size, seed=seed,
+                user_mask=mask, min_region_size=min_region_size, min_region_width=min_region_width, seed=seed,
             )
             labels.append(torch.from_numpy(lab).long())
             scores.append({str(key): value for key, value in sc.items()})
             chosen.append(int(k))
         settings = dict(max_clusters=max_clusters, n_clusters=forced, merge_threshold=merge_threshold,
-                        use_depth=depths is not None, min_region_size=min_region_size, seed=seed)
+                        use_depth=depths is not None, min_region_size=min_region_size,
+                        min_region_width=min_region_width, seed=seed)
         return Segmentation(torch.stack(labels), scores, chosen, settings)
 
     # ------------------------------------------------------------------ stage 3

@@ -188,6 +188,26 @@ def clean_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return relabel(labels)
 
 
+def dissolve_thin(labels: np.ndarray, min_width: int) -> np.ndarray:
+    """Give every pixel that no ``min_width`` x ``min_width`` square inside its region covers the label of the
+    nearest pixel that one does (a morphological opening per region).
+
+    This removes strips along region boundaries and the image frame, where convolutions see zero padding, and
+    thin protrusions; a region with no part ``min_width`` thick goes entirely. ``min_width <= 1`` keeps all.
+    """
+    if min_width <= 1:
+        return labels
+    square = np.ones((min_width, min_width), dtype=bool)
+    kept = np.zeros(labels.shape, dtype=bool)
+    for region in range(labels.max() + 1):
+        core = ndimage.binary_erosion(labels == region, square)
+        kept |= ndimage.binary_dilation(core, square)
+    if kept.all() or not kept.any():
+        return labels
+    _, (rows, cols) = ndimage.distance_transform_edt(~kept, return_indices=True)
+    return relabel(labels[rows, cols])
+
+
 def segment_features(
     features: np.ndarray,
     latent: np.ndarray,
@@ -204,6 +224,7 @@ def segment_features(
     depth_difference: float = 0.3,
     user_mask: np.ndarray | None = None,
     min_region_size: int = 20,
+    min_region_width: int = 3,
     seed: int = 0,
 ):
     """Segment one image; returns (labels (h, w), {k: silhouette}, chosen k). See DESIGN.md stage 2."""
@@ -217,7 +238,9 @@ def segment_features(
         if depth is not None:
             labels = split_by_depth(labels, depth, depth_span, seed)
             labels = merge_close(labels, latent, depth_merge_threshold, depth, depth_difference)
-    if user_mask is not None:
+    if n_clusters is None:  # likewise, the k clusters a user asked for all stay
+        labels = dissolve_thin(labels, min_region_width)
+    if user_mask is not None:  # after the strips go: a user's thin region stays
         labels = apply_user_mask(labels, user_mask)
     labels = clean_small(labels, min_region_size)
     return labels, scores, k
