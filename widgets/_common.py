@@ -1,4 +1,4 @@
-"""Shared helpers of the StyleGallery widgets: PNG bytes, colours, static pictures, ipywidgets 7/8 display."""
+"""Shared helpers of the StyleGallery widgets: PNG bytes, overlays, JS text, static pictures, ipywidgets 7/8 display."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from stylegallery import plot
+
 HERE = pathlib.Path(__file__).parent
 CSS = HERE / "style.css"
 
@@ -22,13 +24,12 @@ except Exception:  # pragma: no cover - ipywidgets is a requirement of the widge
     IPYWIDGETS_MAJOR = 8
 
 
-def plot_module():
-    """``stylegallery.plot`` when it is importable (it draws the matplotlib figures), else None."""
-    try:
-        from stylegallery import plot
-    except Exception:
-        return None
-    return plot
+def esm(name: str) -> str:
+    """A widget's ``_esm``: common.js (the shared JS helpers) followed by the widget's own file ``name``.
+
+    anywidget loads each ``_esm`` as one module that cannot import a sibling file, so the helpers go in as text.
+    """
+    return (HERE / "common.js").read_text(encoding="utf-8") + "\n" + (HERE / name).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -75,55 +76,16 @@ def labels_array(labels) -> np.ndarray:
     return array.astype(np.int64)
 
 
-# ---------------------------------------------------------------------------------------------- colours
-_BASE = np.array(
-    [
-        (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-        (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    ],
-    dtype=np.uint8,
-)
-
-
-def palette(n: int) -> np.ndarray:
-    """(n, 3) uint8 region colours: ``stylegallery.plot.region_palette`` when available, the same everywhere."""
-    plot = plot_module()
-    if plot is not None and hasattr(plot, "region_palette"):
-        try:
-            colours = np.asarray(plot.region_palette(n), dtype=np.uint8).reshape(-1, 3)
-            if len(colours) >= n:
-                return colours[:n]
-        except Exception:
-            pass
-    if n <= len(_BASE):
-        return _BASE[:n].copy()
-    import colorsys
-
-    extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9) for i in range(n - len(_BASE))]
-    return np.concatenate([_BASE, (np.array(extra) * 255).round().astype(np.uint8)])
-
-
+# ---------------------------------------------------------------------------------------------- regions
 def overlay(image, labels, alpha: float = 0.5, highlight: list[int] | tuple = ()) -> Image.Image:
-    """The image with its regions drawn over it in their palette colours (labels on any grid, scaled up)."""
+    """The image with its regions drawn over it (``stylegallery.plot.overlay_array``), ``highlight`` outlined in white."""
     image = to_image(image)
     labels = labels_array(labels)
-    plot = plot_module()
-    if plot is not None and hasattr(plot, "overlay_array") and not highlight:
-        try:
-            array = np.asarray(plot.overlay_array(image, labels, alpha))
-            if array.shape[:2] == (image.height, image.width):
-                return Image.fromarray(array.astype(np.uint8)[..., :3])
-        except Exception:
-            pass
-    big = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(image.size, Image.Resampling.NEAREST)).astype(np.int64)
-    colours = palette(int(labels.max()) + 1).astype(np.float32)
-    base = np.asarray(image, dtype=np.float32)
-    mixed = base * (1 - alpha) + colours[big] * alpha
+    mixed = plot.overlay_array(image, labels, alpha)
     if highlight:
-        chosen = np.isin(big, list(highlight))
-        edge = chosen ^ _eroded(chosen)
-        mixed[edge] = (255, 255, 255)
-    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
+        chosen = np.isin(plot._upsample(labels, mixed.shape[:2]), list(highlight))  # the grid overlay_array used
+        mixed[chosen ^ _eroded(chosen)] = (255, 255, 255)
+    return Image.fromarray(mixed)
 
 
 def _eroded(mask: np.ndarray) -> np.ndarray:

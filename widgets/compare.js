@@ -1,19 +1,4 @@
-// Compare: before/after slider between content and result, references beside it. ES module for anywidget.
-
-function bytesOf(value) {
-  if (!value) return new Uint8Array(0);
-  if (value instanceof Uint8Array) return value;
-  if (value instanceof ArrayBuffer) return new Uint8Array(value);
-  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-  return new Uint8Array(0);
-}
-
-function el(tag, cls, text) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+// Compare: before/after slider between content and result, references beside it. Follows common.js in the _esm.
 
 function render({ model, el: root }) {
   const box = el("div", "sg-widget sg-compare");

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from stylegallery.errors import StyleGalleryError
 
-from ._common import CSS, HERE, StaticReprMixin, montage, png_bytes, to_image
+from ._common import CSS, StaticReprMixin, esm, montage, png_bytes, to_image
 
 
 class Compare(StaticReprMixin, anywidget.AnyWidget):
@@ -18,7 +18,7 @@ class Compare(StaticReprMixin, anywidget.AnyWidget):
     takes them from a finished session (``result`` may also be a Stylization or a StyleGalleryOutput).
     """
 
-    _esm = HERE / "compare.js"
+    _esm = esm("compare.js")
     _css = CSS
 
     content_png = t.Bytes(b"").tag(sync=True)

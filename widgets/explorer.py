@@ -8,11 +8,12 @@ import ipywidgets as W
 import numpy as np
 from PIL import Image
 
+from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.pipeline import STAGES
 from stylegallery.session import Session
 
-from ._common import StaticReprMixin, montage, overlay, plot_module, png_bytes
+from ._common import StaticReprMixin, montage, overlay, png_bytes
 from .compare import Compare
 from .loss_monitor import LossMonitor
 from .match_matrix import MatchMatrix
@@ -386,27 +387,8 @@ def _figure(image: Image.Image, caption: str, height: int = 160) -> W.VBox:
 
 def _feature_picture(features, side: int = 160) -> Image.Image:
     """The first three principal components of a (C, h, w) feature map as an RGB picture."""
-    plot = plot_module()
-    if plot is not None and hasattr(plot, "pca_image"):
-        try:
-            rgb = np.asarray(plot.pca_image(features))
-            h, w = rgb.shape[:2]
-            return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize((side, round(side * h / w)), Image.Resampling.NEAREST)
-        except Exception:
-            pass
-    f = features.detach().float().cpu()
-    c, h, w = f.shape
-    x = f.reshape(c, -1).T
-    x = x - x.mean(0, keepdim=True)
-    try:
-        _, _, v = np.linalg.svd(x.numpy(), full_matrices=False)
-        pcs = x.numpy() @ v[:3].T
-    except np.linalg.LinAlgError:
-        pcs = x.numpy()[:, :3]
-    if pcs.shape[1] < 3:
-        pcs = np.pad(pcs, ((0, 0), (0, 3 - pcs.shape[1])))
-    lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
-    rgb = np.clip((pcs - lo) / np.maximum(hi - lo, 1e-8), 0, 1).reshape(h, w, 3)
+    rgb = plot.pca_image(features)
+    h, w = rgb.shape[:2]
     return Image.fromarray((rgb * 255).astype(np.uint8)).resize((side, round(side * h / w)), Image.Resampling.NEAREST)
 
 

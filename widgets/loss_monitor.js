@@ -1,19 +1,4 @@
-// LossMonitor: live loss curves, previews and a Stop button. Self-contained ES module for anywidget.
-
-function bytesOf(value) {
-  if (!value) return new Uint8Array(0);
-  if (value instanceof Uint8Array) return value;
-  if (value instanceof ArrayBuffer) return new Uint8Array(value);
-  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-  return new Uint8Array(0);
-}
-
-function el(tag, cls, text) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+// LossMonitor: live loss curves, previews and a Stop button. Follows common.js in the _esm.
 
 function niceTicks(lo, hi, count) {
   const span = hi - lo || 1;

@@ -7,7 +7,9 @@ import time
 import anywidget
 import traitlets as t
 
-from ._common import CSS, HERE, StaticReprMixin, figure_png, palette, plot_module, png_bytes
+from stylegallery import plot
+
+from ._common import CSS, StaticReprMixin, esm, figure_png, png_bytes
 
 
 class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
@@ -24,7 +26,7 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
     works from any thread.
     """
 
-    _esm = HERE / "loss_monitor.js"
+    _esm = esm("loss_monitor.js")
     _css = CSS
 
     steps = t.List().tag(sync=True)
@@ -125,7 +127,8 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
             self.content = list(b["content"])
             self.style = list(b["style"])
             self.regions = {k: list(v) for k, v in b["regions"].items()}
-            self.region_colors = ["#%02x%02x%02x" % tuple(int(x) for x in c) for c in palette(len(b["regions"]))]
+            colours = plot.region_palette(len(b["regions"]))
+            self.region_colors = ["#%02x%02x%02x" % tuple(int(x) for x in c) for c in colours]
             self.step = int(step)
 
     # ------------------------------------------------------------------ finished runs
@@ -167,7 +170,7 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
 
 
 def _loss_figure(history: list[dict], preview: bytes, status: str):
-    """Loss curves (``stylegallery.plot.loss_curves`` when available) with the latest preview beside them."""
+    """Loss curves (``stylegallery.plot.loss_curves``) with the latest preview beside them."""
     import io
 
     from matplotlib.figure import Figure
@@ -175,30 +178,7 @@ def _loss_figure(history: list[dict], preview: bytes, status: str):
 
     fig = Figure(figsize=(9.0 if preview else 6.0, 3.4), layout="constrained")
     axes = fig.subplots(1, 2, width_ratios=[2.2, 1]) if preview else [fig.subplots(1, 1)]
-    ax = axes[0]
-    plot = plot_module()
-    drawn = False
-    if plot is not None and hasattr(plot, "loss_curves"):
-        try:
-            plot.loss_curves(history, ax=ax)
-            drawn = True
-        except Exception:
-            ax.clear()
-    if not drawn:
-        if history:
-            steps = [h["step"] for h in history]
-            ax.plot(steps, [h["total"] for h in history], color="black", lw=2, label="total")
-            ax.plot(steps, [h["content"] for h in history], color="grey", lw=1.2, ls="--", label="content")
-            regions = sorted({k for h in history for k in h["style_per_region"]}, key=int)
-            colours = palette(len(regions)) / 255.0
-            for colour, region in zip(colours, regions):
-                ax.plot(steps, [h["style_per_region"].get(region, float("nan")) for h in history], color=colour,
-                        lw=1, label=f"style, region {region}")
-            ax.legend(fontsize=7, loc="upper right")
-        else:
-            ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+    plot.loss_curves(history, ax=axes[0])
     fig.suptitle(status, fontsize=9)
     if preview:
         side = axes[1]

@@ -1,4 +1,4 @@
-// MatchMatrix: clickable heatmap of content regions x all style regions. Self-contained ES module for anywidget.
+// MatchMatrix: clickable heatmap of content regions x all style regions. Follows common.js in the _esm.
 
 const VIRIDIS = [
   [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
@@ -12,13 +12,6 @@ function colourOf(v) {
   const a = VIRIDIS[i];
   const b = VIRIDIS[i + 1];
   return [0, 1, 2].map((k) => Math.round(a[k] + f * (b[k] - a[k])));
-}
-
-function el(tag, cls, text) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function sameMatch(a, b) {

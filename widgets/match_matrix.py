@@ -7,10 +7,11 @@ import weakref
 import anywidget
 import traitlets as t
 
+from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Matching
 
-from ._common import CSS, HERE, EditHooks, StaticReprMixin, figure_png, palette, plot_module
+from ._common import CSS, EditHooks, StaticReprMixin, esm, figure_png
 
 PARTS = ("statistical", "semantic", "geometric")
 WEIGHT_NAMES = {"statistical": "statistical_weight", "semantic": "semantic_weight", "geometric": "geometric_weight"}
@@ -35,7 +36,7 @@ class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
     (``MatchMatrix(session)``), edits also go into the session (:meth:`Session.replace`), making stylize stale.
     """
 
-    _esm = HERE / "match_matrix.js"
+    _esm = esm("match_matrix.js")
     _css = CSS
     _registry = weakref.WeakSet()
 
@@ -98,7 +99,7 @@ class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
         n_refs = max((c[0] for c in m.columns), default=-1) + 1
         per_ref = [sum(1 for c in m.columns if c[0] == j) for j in range(n_refs)]
         names = self._names or [f"style {j + 1}" for j in range(n_refs)]
-        ref_colours = [_hex(palette(n)) for n in per_ref]
+        ref_colours = [_hex(plot.region_palette(n)) for n in per_ref]
         settings = m.settings or {}
         defaults = {"statistical": 0.25, "semantic": 1.0, "geometric": 0.125}
         with self.hold_sync():
@@ -107,7 +108,7 @@ class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
             self.weights = {part: float(settings.get(WEIGHT_NAMES[part], defaults[part])) for part in PARTS}
             self.columns = [list(map(int, c)) for c in m.columns]
             self.reference_names = list(names)
-            self.row_colors = _hex(palette(len(m.matches)))
+            self.row_colors = _hex(plot.region_palette(len(m.matches)))
             self.column_colors = [ref_colours[j][s] for j, s in m.columns]
             self._sync_matches()
 
@@ -177,44 +178,4 @@ class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ static picture
     def _repr_png_(self) -> bytes:
-        plot = plot_module()
-        if plot is not None and hasattr(plot, "match_matrix"):
-            try:
-                return figure_png(plot.match_matrix(self.matching))
-            except Exception:
-                pass
-        return figure_png(_matrix_figure(self.matching, self.reference_names))
-
-
-def _matrix_figure(m: Matching, names: list[str]):
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    score = m.score.detach().cpu().float().numpy()
-    rows, cols = score.shape
-    fig = Figure(figsize=(max(3.0, 0.5 * cols + 1.6), max(2.0, 0.45 * rows + 1.2)))
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(score, cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="score")
-    ax.set_xticks(range(cols), [f"{c[1]}" for c in m.columns], fontsize=8)
-    ax.set_yticks(range(rows), [f"c{r}" for r in range(rows)], fontsize=8)
-    ax.set_xlabel("style regions, grouped by reference")
-    ax.set_ylabel("content regions")
-    start = 0
-    for j, name in enumerate(names):
-        count = sum(1 for c in m.columns if c[0] == j)
-        if j:
-            ax.axvline(start - 0.5, color="white", lw=2)
-        ax.text(start + count / 2 - 0.5, -0.7, name, ha="center", va="bottom", fontsize=8)
-        start += count
-    best = score.argmax(1)
-    for r, match in enumerate(m.matches):
-        ax.plot(best[r], r, "o", color="white", ms=4)
-        if match is None:
-            ax.text(cols - 0.5, r, " keep", va="center", ha="left", fontsize=8, color="crimson")
-            continue
-        c = m.columns.index(list(match))
-        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red" if r in m.overridden else "white", lw=2))
-    ax.set_xlim(-0.5, cols - 0.5)
-    ax.set_ylim(rows - 0.5, -0.5)
-    return fig
+        return figure_png(plot.match_matrix(self.matching))

@@ -1,13 +1,4 @@
-// RegionView: an image with its region overlay on a <canvas>. Self-contained ES module for anywidget.
-
-function bytesOf(value) {
-  if (!value) return new Uint8Array(0);
-  if (value instanceof Uint8Array) return value;
-  if (value instanceof ArrayBuffer) return new Uint8Array(value);
-  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-  if (value.buffer instanceof ArrayBuffer) return new Uint8Array(value.buffer);
-  return new Uint8Array(0);
-}
+// RegionView: an image with its region overlay on a <canvas>. Follows common.js in the _esm.
 
 async function loadPng(value) {
   const bytes = bytesOf(value);
@@ -23,13 +14,6 @@ async function loadPng(value) {
   } finally {
     URL.revokeObjectURL(url);
   }
-}
-
-function el(tag, cls, text) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function hexToRgb(hex) {

@@ -8,12 +8,11 @@ import anywidget
 import numpy as np
 import traitlets as t
 
+from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Prepared, Segmentation
 
-from ._common import (
-    CSS, HERE, EditHooks, StaticReprMixin, figure_png, labels_array, overlay, palette, plot_module, png_bytes, to_image,
-)
+from ._common import CSS, EditHooks, StaticReprMixin, esm, figure_png, labels_array, overlay, png_bytes, to_image
 
 
 def _hex(colours: np.ndarray) -> list[str]:
@@ -33,7 +32,7 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
     (``RegionView(prepared, segmentation, index=0)``) or from a picture and a label map (``RegionView(image, labels)``).
     """
 
-    _esm = HERE / "region_view.js"
+    _esm = esm("region_view.js")
     _css = CSS
     _registry = weakref.WeakSet()
 
@@ -147,7 +146,7 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
             self.grid = list(labels.shape)
             self.labels = labels.astype(np.uint8).tobytes()
             self.sizes = np.bincount(labels.ravel(), minlength=n).astype(int).tolist()
-            self.colors = _hex(palette(n))
+            self.colors = _hex(plot.region_palette(n))
             self.silhouette = sorted([[int(k), float(v)] for k, v in curve.items()])
             self.chosen_k = int(seg.chosen_k[self.index]) if self.index < len(seg.chosen_k) else 0
             self.forced_k = forced
@@ -231,13 +230,9 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
     # ------------------------------------------------------------------ static picture
     def _repr_png_(self) -> bytes:
         highlight = list(self.picked) or ([self.selected] if self.selected >= 0 else [])
-        plot = plot_module()
-        if plot is not None and hasattr(plot, "region_overlay") and not highlight:
-            try:
-                figure = plot.region_overlay(self.image(), self.label_map(), self.opacity)
-                if self.title:
-                    figure.axes[0].set_title(self.title, fontsize=10)
-                return figure_png(figure)
-            except Exception:
-                pass
-        return png_bytes(overlay(self.image(), self.label_map(), self.opacity, highlight), max_side=512)
+        if highlight:  # plot.region_overlay has no outline for picked regions
+            return png_bytes(overlay(self.image(), self.label_map(), self.opacity, highlight), max_side=512)
+        figure = plot.region_overlay(self.image(), self.label_map(), self.opacity)
+        if self.title:
+            figure.axes[0].set_title(self.title, fontsize=10)
+        return figure_png(figure)
