@@ -25,7 +25,7 @@ from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 
 __all__ = [
     "before_after", "feature_pca", "loss_curves", "match_matrix", "match_parts", "matched_pairs", "overlay_array",
-    "pca_image", "region_overlay", "region_palette", "silhouette_curve", "trajectory",
+    "pca_image", "region_overlay", "region_palette", "silhouette_curve", "trajectory", "upsample_labels",
 ]
 
 PARTS = ("score", "statistical", "semantic", "geometric")
@@ -83,7 +83,7 @@ def _rgb(image) -> np.ndarray:
     return array
 
 
-def _upsample(labels, size: tuple[int, int]) -> np.ndarray:
+def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
     """A (h, w) label map resized to ``size`` = (H, W) with nearest neighbour."""
     labels = _numpy(labels).astype(np.int64)
     if labels.ndim != 2:
@@ -138,7 +138,7 @@ def overlay_array(image, labels, alpha: float = 0.5) -> np.ndarray:
     left uncoloured.
     """
     rgb = _rgb(image)
-    full = _upsample(labels, rgb.shape[:2])
+    full = upsample_labels(labels, rgb.shape[:2])
     palette = region_palette(int(full.max()) + 1 if full.size else 0)
     inside = full >= 0
     out = rgb.astype(np.float64)
@@ -155,7 +155,7 @@ def region_overlay(image, labels, alpha: float = 0.5, ax: Axes | None = None, le
     ax.set_axis_off()
     grid = _numpy(labels).astype(np.int64)
     n = int(grid.max()) + 1 if grid.size else 0
-    _outline(ax, _upsample(grid, blended.shape[:2]), range(n), ["white"] * n, linewidth=0.8)
+    _outline(ax, upsample_labels(grid, blended.shape[:2]), range(n), ["white"] * n, linewidth=0.8)
     if legend and n:
         counts = np.bincount(grid[grid >= 0].ravel(), minlength=n)
         share = counts / max(int(counts.sum()), 1)
@@ -356,7 +356,7 @@ def matched_pairs(prepared: Prepared, segmentation: Segmentation, matching: Matc
     fig, axes = _new((3.3 * count, 3.9), 1, count)
     for i, ax in enumerate(axes[0]):
         rgb = _rgb(prepared.pixels[i]).astype(np.float64)
-        full = _upsample(labels[i], rgb.shape[:2])
+        full = upsample_labels(labels[i], rgb.shape[:2])
         out = 0.35 * rgb + 0.65 * 245.0  # faded by default
         mine = [(region, owners) for (image, region), owners in assigned.items() if image == i]
         for region, owners in mine:

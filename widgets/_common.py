@@ -83,7 +83,7 @@ def overlay(image, labels, alpha: float = 0.5, highlight: list[int] | tuple = ()
     labels = labels_array(labels)
     mixed = plot.overlay_array(image, labels, alpha)
     if highlight:
-        chosen = np.isin(plot._upsample(labels, mixed.shape[:2]), list(highlight))  # the grid overlay_array used
+        chosen = np.isin(plot.upsample_labels(labels, mixed.shape[:2]), list(highlight))  # the grid overlay_array used
         mixed[chosen ^ _eroded(chosen)] = (255, 255, 255)
     return Image.fromarray(mixed)
 
