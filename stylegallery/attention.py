@@ -69,13 +69,18 @@ class RecordingAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value)
-
         recorder = self.recorder
-        if recorder.keep and self.layer in recorder.layers:
+        recording = bool(recorder.keep) and self.layer in recorder.layers
+        last = recording and recorder.stop_early and self.layer == recorder.layers[-1]
+        if last and "o" not in recorder.keep:  # nothing reads this layer's output: skip its attention
+            tensors = {"q": query, "k": key, "v": value}
+            recorder.records[self.layer] = {name: tensors[name] for name in recorder.keep}
+            raise StopForward
+        out = F.scaled_dot_product_attention(query, key, value)
+        if recording:
             tensors = {"q": query, "k": key, "v": value, "o": out}
             recorder.records[self.layer] = {name: tensors[name] for name in recorder.keep}
-            if recorder.stop_early and self.layer == recorder.layers[-1]:
+            if last:
                 raise StopForward
 
         hidden_states = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)

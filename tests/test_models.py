@@ -52,3 +52,18 @@ def test_impossible_device_is_refused():
 
     with pytest.raises(StyleGalleryError):
         resolve_device("tpu")
+
+
+def test_recorder_keeps_what_is_asked_and_stops_after_the_last_loss_layer(pipe):
+    latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    embedding = pipe.backbone.embedding.expand(2, -1, -1)
+    with torch.no_grad():
+        full = pipe.recorder.run(pipe.unet, latent, 500, embedding, keep=("q", "k", "v", "o"), stop_early=False)
+        early = pipe.recorder.run(pipe.unet, latent, 500, embedding, keep=("q", "k", "v"))  # skips the last attention
+    assert sorted(full) == sorted(early) == pipe.default_loss_layers
+    for layer in pipe.default_loss_layers:
+        assert set(early[layer]) == {"q", "k", "v"}
+        for name in ("q", "k", "v"):
+            torch.testing.assert_close(early[layer][name], full[layer][name])
+        q, k, v = (full[layer][n] for n in ("q", "k", "v"))
+        torch.testing.assert_close(full[layer]["o"], torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v)
