@@ -66,7 +66,7 @@ def bench(model: str, size: int, n_refs: int, inversion_steps: int, device: str,
     row["regions"] = [seg_depth.n_regions(i) for i in range(n_refs + 1)]
     # the parts of segmentation, summed over the images
     parts = {"project_features": 0.0, "kmeans_and_silhouette": 0.0, "merge_close": 0.0, "split_by_depth": 0.0,
-             "clean_small": 0.0, "legacy_kmeans_and_silhouette": 0.0}
+             "dissolve_thin": 0.0, "clean_small": 0.0, "legacy_kmeans_and_silhouette": 0.0}
     same = True
     for i in range(n_refs + 1):
         features, latent = inversion.features[i].numpy(), prepared.latents[i].numpy()
@@ -80,6 +80,8 @@ def bench(model: str, size: int, n_refs: int, inversion_steps: int, device: str,
             if depths is not None:
                 labels, t = timed(S.split_by_depth, labels, depths[i], 0.75, 0)
                 parts["split_by_depth"] += t
+            labels, t = timed(S.dissolve_thin, labels, 3)
+            parts["dissolve_thin"] += t
             _, t = timed(S.clean_small, labels, 20)
             parts["clean_small"] += t
         if legacy:
@@ -103,7 +105,7 @@ def bench(model: str, size: int, n_refs: int, inversion_steps: int, device: str,
 def table(rows: list[dict]) -> str:
     lines = ["| model | size | images | load | prepare | invert (steps) | per inversion step | depth maps | "
              "segment (no depth) | segment (with depth) | k-means + silhouette | same, as before | PCA | "
-             "merge + split + clean | match | of which DINOv2 |",
+             "merge + split + thin strips + specks | match | of which DINOv2 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         p = r["segment_parts"]
@@ -115,7 +117,7 @@ def table(rows: list[dict]) -> str:
             f"{p['kmeans_and_silhouette']:.2f} | "
             + (f"{legacy:.2f} ({legacy / max(p['kmeans_and_silhouette'], 1e-9):.0f}x; labels "
                f"{'identical' if r.get('legacy_labels_identical') else 'DIFFER'})" if legacy else "-")
-            + f" | {p['project_features']:.2f} | {p['merge_close'] + p['split_by_depth'] + p['clean_small']:.3f} | "
+            + f" | {p['project_features']:.2f} | {p['merge_close'] + p['split_by_depth'] + p['dissolve_thin'] + p['clean_small']:.3f} | "
             f"{r['match']:.2f} | {r['semantic_tokens']:.2f} |")
     return "\n".join(lines)
 
