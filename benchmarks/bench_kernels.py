@@ -22,7 +22,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, code_state, load_average, load_pipe, machine, replace_section, run_worker  # noqa: E402
+from common import PeakMemory, load_pipe, machine, run_worker, write_readme_table  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -78,11 +78,8 @@ def main(argv=None):
             print(lines[-1], flush=True)
     text = "\n".join(lines)
     if args.readme:
-        cmd = "python benchmarks/bench_kernels.py " + " ".join(a for a in (argv or sys.argv[1:]) if a != "--readme")
-        head = (f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}` on {info.get('cpu')} ({info.get('cpus')} "
-                f"CPUs, torch {info.get('torch')}), code {code_state()}; load average {load_average()} at the end. "
-                "One stylize gradient pass (record q and o of the loss layers, stop after the last, backward).\n\n")
-        replace_section(SCRIPT.parent / "README.md", "kernels", head + text)
+        write_readme_table(SCRIPT, argv or sys.argv[1:], info, "kernels", ". One stylize gradient pass (record q and o "
+                           "of the loss layers, stop after the last, backward).", text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONTENT, STYLES, code_state, load_average, machine, replace_section  # noqa: E402
+from common import CONTENT, STYLES, load_average, machine, write_readme_table  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -145,11 +145,8 @@ def main(argv=None):
     minutes = (time.perf_counter() - start) / 60
     print("\n" + text + f"\n\ntotal {minutes:.1f} min", flush=True)
     if args.readme:
-        cmd = "python benchmarks/bench_stages.py " + " ".join(a for a in (argv or sys.argv[1:]) if a != "--readme")
-        head = (f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}` on {info.get('cpu')} ({info.get('cpus')} "
-                f"CPUs, torch {info.get('torch')}), code {code_state()}; load average {load_average()} at the end; {minutes:.1f} min. "
-                "Seconds, summed over all images.\n\n")
-        replace_section(SCRIPT.parent / "README.md", "stages", head + text)
+        write_readme_table(SCRIPT, argv or sys.argv[1:], info, "stages",
+                           f"; {minutes:.1f} min. Seconds, summed over all images.", text)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,14 @@ def fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def write_readme_table(script: Path, argv, info: dict, marker: str, what: str, text: str) -> None:
+    """Write ``text`` into benchmarks/README.md under ``marker``, headed by date, command, machine and code."""
+    cmd = f"python benchmarks/{script.name} " + " ".join(a for a in argv if a != "--readme")
+    head = (f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}` on {info.get('cpu')} ({info.get('cpus')} "
+            f"CPUs, torch {info.get('torch')}), code {code_state()}; load average {load_average()} at the end{what}\n\n")
+    replace_section(script.parent / "README.md", marker, head + text)
+
+
 def replace_section(path: Path, marker: str, text: str) -> None:
     """Put ``text`` between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path`` (appended if absent)."""
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"

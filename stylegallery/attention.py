@@ -72,11 +72,8 @@ class RecordingAttnProcessor:
         recorder = self.recorder
         recording = bool(recorder.keep) and self.layer in recorder.layers
         last = recording and recorder.stop_early and self.layer == recorder.layers[-1]
-        if last and "o" not in recorder.keep:  # nothing reads this layer's output: skip its attention
-            tensors = {"q": query, "k": key, "v": value}
-            recorder.records[self.layer] = {name: tensors[name] for name in recorder.keep}
-            raise StopForward
-        out = F.scaled_dot_product_attention(query, key, value)
+        # nothing reads the output of a last recorded layer that does not keep "o": skip its attention
+        out = None if last and "o" not in recorder.keep else F.scaled_dot_product_attention(query, key, value)
         if recording:
             tensors = {"q": query, "k": key, "v": value, "o": out}
             recorder.records[self.layer] = {name: tensors[name] for name in recorder.keep}

@@ -31,11 +31,9 @@ def pipe(model_dir):
 @pytest.fixture(scope="session")
 def planted_run(pipe):
     """Content and two references of flat colour bands, prepared and inverted at 256 px."""
-    from synthetic import planted
+    from synthetic import planted_scene
 
-    content, labels = planted(256, "bands", ("red", "green", "blue"), seed=0)
-    ref1, _ = planted(256, "rows", ("blue", "red", "green"), seed=1)
-    ref2, _ = planted(256, "bands", ("yellow", "green", "red"), seed=2)
-    prepared = pipe.prepare(content, [ref1, ref2], size=256)
+    (content, *refs), (labels, *_) = planted_scene(256)
+    prepared = pipe.prepare(content, refs, size=256)
     inversion = pipe.invert(prepared, progress=False)
     return prepared, inversion, labels

@@ -55,11 +55,10 @@ def _free_port() -> int:
 
 def _write_notebook(root: Path) -> Path:
     import nbformat
-    from synthetic import planted
+    from synthetic import planted_scene
 
-    planted(128, "bands", ("red", "green", "blue"), seed=0)[0].save(root / "content.png")
-    planted(128, "rows", ("blue", "red", "green"), seed=1)[0].save(root / "style1.png")
-    planted(128, "bands", ("yellow", "green", "red"), seed=2)[0].save(root / "style2.png")
+    for image, name in zip(planted_scene(128)[0], ("content.png", "style1.png", "style2.png")):
+        image.save(root / name)
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]

@@ -128,11 +128,10 @@ def test_like_matches_like_across_two_references(pipe, planted_run):
     colour_of = {}
     for r in range(seg.n_regions(0)):
         colour_of[r] = np.bincount(content[seg.labels[0].numpy() == r]).argmax()
-    from synthetic import planted as make
+    from synthetic import SCENE, planted_scene
 
-    _, rows = make(256, "rows", ("blue", "red", "green"))
-    _, bands = make(256, "bands", ("yellow", "green", "red"))
-    names = {0: ["blue", "red", "green"], 1: ["yellow", "green", "red"]}
+    _, (_, rows, bands) = planted_scene(256)
+    names = {0: list(SCENE[1][1]), 1: list(SCENE[2][1])}
     maps = {0: _planted_on_grid(rows, content.shape), 1: _planted_on_grid(bands, content.shape)}
     hits = 0
     for r, (ref, region) in enumerate(matching.matches):

@@ -42,12 +42,10 @@ def png(data: bytes) -> Image.Image:
 @pytest.fixture(scope="module")
 def small_run(pipe):
     """Content and two references of colour bands at 128 px, prepared and inverted (3 steps) once."""
-    from synthetic import planted
+    from synthetic import planted_scene
 
-    content, _ = planted(128, "bands", ("red", "green", "blue"), seed=0)
-    ref1, _ = planted(128, "rows", ("blue", "red", "green"), seed=1)
-    ref2, _ = planted(128, "bands", ("yellow", "green", "red"), seed=2)
-    prepared = pipe.prepare(content, [ref1, ref2], size=128)
+    (content, *refs), _ = planted_scene(128)
+    prepared = pipe.prepare(content, refs, size=128)
     return prepared, pipe.invert(prepared, inversion_steps=3, progress=False)
 
 
