@@ -104,12 +104,17 @@ class TensorCache:
         self.hits += 1
         return {n: t.to(device=device, dtype=dtype if dtype and t.is_floating_point() else t.dtype) for n, t in entry.items()}
 
-    def put(self, key: str, entry: dict[str, torch.Tensor]) -> None:
-        """Store ``entry`` (a copy on the CPU in the cache dtype)."""
+    def put(self, key: str, entry: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> None:
+        """Store ``entry``: a copy on the CPU, floating tensors in ``dtype`` (default: the cache's dtype).
+
+        A caller whose values must come back exactly as computed passes their own precision as ``dtype``
+        (and keeps it in the key), so a hit never returns them rounded further.
+        """
         if not self.enabled:
             return
+        dtype = dtype or self.dtype
         stored = {
-            n: (t.detach().to("cpu", self.dtype) if t.is_floating_point() else t.detach().cpu()).contiguous()
+            n: (t.detach().to("cpu", dtype) if t.is_floating_point() else t.detach().cpu()).contiguous()
             for n, t in entry.items()
         }
         self._remember(key, stored)

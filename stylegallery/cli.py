@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--c-ratio", type=float, default=0.26, help="content loss weight (0.26)")
     run.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (0.05)")
     run.add_argument("--max-clusters", type=int, default=10, help="largest k tried when clustering (10)")
-    run.add_argument("--region-attention", choices=("masked", "zeroed"), default="masked")
+    run.add_argument("--region-attention", choices=("zeroed", "masked"), default="zeroed",
+                     help="zeroed: the authors' region masking (default); masked: ours, attention only inside the region")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto")
     run.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
@@ -71,7 +72,7 @@ def _run(args) -> None:
     from .results import region_png, write_atomic
 
     check_settings(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters,
-                   steps=args.steps, lr=args.lr, c_ratio=args.c_ratio)
+                   steps=args.steps, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed)
 
     outputs = _outputs(args)
     existing = [str(p) for p in outputs if p.exists()]

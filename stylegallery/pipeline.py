@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,22 +34,46 @@ from .style_loss import REGION_ATTENTION_MODES, content_loss, region_plan, regio
 STAGES = ("prepare", "invert", "segment", "match", "stylize")
 
 
-def check_settings(*, size=None, inversion_steps=None, max_clusters=None, steps=None, iters=None, lr=None,
-                   c_ratio=None, region_attention=None) -> None:
-    """Raise :class:`StyleGalleryError` for an impossible value of any setting given."""
-    if size is not None:
-        check_size(size)
-    for name, value, low in (("inversion_steps", inversion_steps, 1), ("steps", steps, 1), ("iters", iters, 1)):
-        if value is not None and value < low:
-            raise StyleGalleryError(f"{name} must be at least {low} (got {value})")
-    if max_clusters is not None and max_clusters < 2:
-        raise StyleGalleryError(f"max_clusters must be at least 2 (got {max_clusters}): one region cannot be matched")
-    if lr is not None and lr <= 0:
-        raise StyleGalleryError(f"lr must be positive (got {lr})")
-    if c_ratio is not None and c_ratio < 0:
-        raise StyleGalleryError(f"c_ratio must be >= 0 (got {c_ratio}); it weighs the content loss")
-    if region_attention is not None and region_attention not in REGION_ATTENTION_MODES:
-        raise StyleGalleryError(f"region_attention must be one of {', '.join(REGION_ATTENTION_MODES)} (got {region_attention!r})")
+# (lowest allowed value, whether it must be exceeded, whether it must be a whole number); any other number given
+# to check_settings need only be finite
+_LIMITS = {
+    "inversion_steps": (1, False, True), "steps": (1, False, True), "iters": (1, False, True),
+    "max_clusters": (2, False, True), "n_components": (1, False, True), "n_init": (1, False, True),
+    "silhouette_sample": (2, False, True), "min_region_size": (1, False, True), "min_region_width": (1, False, True),
+    "preview_every": (0, False, True), "lr": (0, True, False), "query_scale": (0, True, False),
+    "c_ratio": (0, False, False), "merge_threshold": (0, False, False), "depth_span": (0, False, False),
+    "depth_merge_threshold": (0, False, False), "depth_difference": (0, False, False),
+    "statistical_weight": (0, False, False), "semantic_weight": (0, False, False),
+    "geometric_weight": (0, False, False), "block_threshold": (0, False, False), "semantic_size": (14, False, True),
+    "seed": (0, False, True),
+}
+
+
+def check_settings(**settings) -> None:
+    """Raise :class:`StyleGalleryError` for an impossible value of any setting given (None = not given).
+
+    Every number must be finite (NaN and infinities are refused) and within its setting's range.
+    """
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if name == "size":
+            check_size(value)
+            continue
+        if name == "region_attention":
+            if value not in REGION_ATTENTION_MODES:
+                raise StyleGalleryError(f"region_attention must be one of {', '.join(REGION_ATTENTION_MODES)} (got {value!r})")
+            continue
+        low, strict, whole = _LIMITS.get(name, (None, False, False))
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (whole and not isinstance(value, numbers.Integral)):
+            raise StyleGalleryError(f"{name} must be {'a whole number' if whole else 'a number'} (got {value!r})")
+        if not math.isfinite(value):
+            raise StyleGalleryError(f"{name} must be a finite number (got {value})")
+        if low is not None and (value <= low if strict else value < low):
+            bound = "positive" if strict and low == 0 else f"{'greater than' if strict else 'at least'} {low}"
+            raise StyleGalleryError(f"{name} must be {bound} (got {value})"
+                                    + ("; it weighs the content loss" if name == "c_ratio" else "")
+                                    + ("; one region cannot be matched" if name == "max_clusters" else ""))
 
 
 @dataclass
@@ -216,7 +242,8 @@ class StyleGallery:
         ``1 / (1 + exp(weight_steepness * (i / n - weight_midpoint)))`` (early steps weigh most).
         Results are cached by image hash, model and settings, so re-running never inverts twice.
         """
-        check_settings(inversion_steps=inversion_steps)
+        check_settings(inversion_steps=inversion_steps, weight_steepness=weight_steepness,
+                       weight_midpoint=weight_midpoint)
         self._check_model(prepared)
         weights = temporal_weights(inversion_steps, weight_steepness, weight_midpoint)
         grid = tuple(prepared.latents.shape[-2:])
@@ -279,7 +306,7 @@ class StyleGallery:
         depth_difference: float = 0.3,
         user_masks: dict | None = None,
         min_region_size: int = 20,
-        min_region_width: int = 3,
+        min_region_width: int = 1,
         seed: int = 0,
         progress: bool = True,
     ) -> Segmentation:
@@ -288,15 +315,19 @@ class StyleGallery:
         ``max_clusters``: largest k tried (k = 2..max_clusters, best silhouette wins; default 10).
         ``n_clusters``: force k, for all images (int) or per image (list, None = automatic); no merging or
         thin-strip removal then.
-        ``merge_threshold``: merge regions whose mean latents are closer than this (0.85).
+        ``merge_threshold``: link k-means clusters whose mean latents are closer than this (0.85); linked
+        clusters merge (connected components, as in the authors' release).
         ``use_depth``: split regions spanning ``depth_span`` of depth, then merge pairs closer than
         ``depth_merge_threshold`` in latent and ``depth_difference`` in depth (needs the depth model).
         ``user_masks``: {image index: (h, w) or (H, W) int array}; each non-zero label becomes a region.
-        ``min_region_width``: 4-connected strips nowhere this many latent pixels thick (zero-padding artefacts
-        along boundaries and the frame) go, pixel by pixel, to the nearest region (3; 1 = off).
+        ``min_region_width``: ours, not in the paper, off by default (1): strips nowhere this many latent pixels
+        thick (zero-padding artefacts along boundaries and the frame) go, pixel by pixel, to the nearest region.
         ``min_region_size``: 4-connected specks smaller than this many latent pixels join their neighbours.
         """
-        check_settings(max_clusters=max_clusters)
+        check_settings(max_clusters=max_clusters, n_components=n_components, n_init=n_init,
+                       silhouette_sample=silhouette_sample, merge_threshold=merge_threshold, depth_span=depth_span,
+                       depth_merge_threshold=depth_merge_threshold, depth_difference=depth_difference,
+                       min_region_size=min_region_size, min_region_width=min_region_width, seed=seed)
         count = len(prepared.names)
         forced = list(n_clusters) if isinstance(n_clusters, (list, tuple)) else [n_clusters] * count
         if len(forced) != count:
@@ -362,6 +393,8 @@ class StyleGallery:
         (0.25, 1.0, 0.125). ``block_threshold``: share of a DINOv2 patch block a region must cover for the
         block's token to count (about 1%). ``semantic_size``: DINOv2 input height (224 gives a 16x16 grid).
         """
+        check_settings(statistical_weight=statistical_weight, semantic_weight=semantic_weight,
+                       geometric_weight=geometric_weight, block_threshold=block_threshold, semantic_size=semantic_size)
         labels = segmentation.labels
         stats = [M.region_statistics(inversion.features[i], labels[i]) for i in range(len(labels))]
         circles = [M.enclosing_circles(labels[i]) for i in range(len(labels))]
@@ -386,7 +419,8 @@ class StyleGallery:
         grid = tuple(prepared.latents.shape[-2:])
         roles = ["content"] + ["style"] * prepared.n_styles
         keys = [cache_key(kind="attention", model=self.backbone.fingerprint, image=h, grid=grid, t=int(t),
-                          layers=layers, role=role, dtype=str(self.dtype)) for h, role in zip(prepared.hashes, roles)]
+                          layers=layers, role=role, dtype=str(self.dtype), precision=str(precision))
+                for h, role in zip(prepared.hashes, roles)]
         entries = [self.feature_cache.get(k, self.device, self.dtype) for k in keys]
         missing = [i for i, e in enumerate(entries) if e is None]
         if missing:
@@ -397,7 +431,7 @@ class StyleGallery:
             for row, i in enumerate(missing):
                 names = ("q",) if roles[i] == "content" else ("k", "v")
                 entry = {f"{n}{layer}": records[layer][n][row].to(precision).to(self.dtype) for layer in layers for n in names}
-                self.feature_cache.put(keys[i], entry)
+                self.feature_cache.put(keys[i], entry, dtype=precision)
                 entries[i] = entry
         content = {layer: entries[0][f"q{layer}"] for layer in layers}
         style_k = {layer: torch.cat([e[f"k{layer}"] for e in entries[1:]], dim=1) for layer in layers}
@@ -423,7 +457,7 @@ class StyleGallery:
         lr: float = 0.05,
         c_ratio: float = 0.26,
         query_scale: float = 1.5,
-        region_attention: str = "masked",
+        region_attention: str = "zeroed",
         loss_layers: Sequence[int] | None = None,
         feature_precision: torch.dtype = torch.float16,
         gradient_checkpointing: bool = False,
@@ -435,14 +469,22 @@ class StyleGallery:
 
         ``steps``: scheduler timesteps from noisy to clean (150); ``iters``: Adam steps per timestep (1);
         ``lr``: Adam learning rate (0.05); ``c_ratio``: content-loss weight (0.26); ``query_scale``: scale of
-        the content queries in the target attention (1.5); ``region_attention``: ``"masked"`` (queries attend
-        only inside their matched region) or ``"zeroed"`` (the authors' masking); ``loss_layers``: self-attention
-        call indices (default: decoder layers at the two highest resolutions); ``feature_precision``: dtype the
-        cached attention features are rounded to (half precision by default, cached or not, so a re-run gives
-        the same image). ``callback(info)`` runs after every step; returning True stops early and keeps the
+        the current latent's queries in the target attention (1.5); ``region_attention``: ``"zeroed"`` (the
+        authors' masking, with which the paper tuned ``c_ratio`` and ``lr``; default) or ``"masked"`` (ours:
+        queries attend only inside their matched region); ``loss_layers``: self-attention call indices (default:
+        decoder layers at the two highest resolutions); ``feature_precision``: dtype the content and reference
+        attention features are rounded to and cached in (half precision by default, cached or not, so a re-run
+        gives the same image for any setting).
+
+        The style target of each matched region is the attention of the current latent's own queries (from the
+        gradient pass, detached, times ``query_scale``) over the matched style region's keys and values,
+        recomputed at every iteration (DESIGN.md stage 4); the clean content's queries feed the content loss only.
+        The reported style loss leaves out the rows outside the regions (a constant without gradient that the
+        release adds under ``"zeroed"``). ``callback(info)`` runs after every step; returning True stops early and keeps the
         current latent, as does a KeyboardInterrupt. ``preview_every``: decode a preview into ``info.preview`` every N steps (0 = never).
         """
-        check_settings(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, region_attention=region_attention)
+        check_settings(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, query_scale=query_scale,
+                       region_attention=region_attention, preview_every=preview_every)
         self._check_model(prepared)
         layers = sorted(self.default_loss_layers if loss_layers is None else loss_layers)
         labels = segmentation.labels
@@ -453,7 +495,7 @@ class StyleGallery:
         timesteps = [int(t) for t in self.scheduler.timesteps]
 
         z_t = inversion.final_latents[:1].to(self.device, torch.float32)
-        z = ((z_t - z_t.mean(1, keepdim=True)) / z_t.std(1, keepdim=True)).requires_grad_(True)
+        z = ((z_t - z_t.mean(1, keepdim=True)) / (z_t.std(1, keepdim=True) + 1e-8)).requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=lr)
         self.unet.train(gradient_checkpointing)  # checkpointing in diffusers is active in training mode only
         if gradient_checkpointing:
@@ -471,21 +513,21 @@ class StyleGallery:
                 if stopped:
                     break
                 q_content, style_k, style_v = self._attention_features(prepared, t, layers, feature_precision)
-                targets = {}
                 for layer in layers:
                     tokens = q_content[layer].shape[1]
                     if tokens not in plans:
                         plans[tokens] = region_plan(labels[0], list(labels[1:]), matching.matches, tokens, self.device)
-                    with torch.no_grad():
-                        targets[layer] = style_targets(q_content[layer], style_k[layer], style_v[layer],
-                                                       plans[tokens], region_attention, query_scale)
                 for _ in range(iters):
                     records = self.recorder.run(self.unet, z.to(self.dtype), t, embedding, keep=("q", "o"))
                     l_content = sum(content_loss(records[l]["q"][0], q_content[l]) for l in layers)
-                    per_region = sum(
-                        region_style_loss(records[l]["o"][0], targets[l], plans[q_content[l].shape[1]], n_regions, region_attention)
-                        for l in layers
-                    )
+                    per_region = 0
+                    for l in layers:
+                        plan = plans[q_content[l].shape[1]]
+                        with torch.no_grad():  # the target: this pass's own queries over the matched regions
+                            target = style_targets(records[l]["q"][0].detach(), style_k[l], style_v[l], plan,
+                                                   region_attention, query_scale)
+                        per_region = per_region + region_style_loss(records[l]["o"][0], target, plan, n_regions,
+                                                                    region_attention)
                     l_style = per_region.sum()
                     loss = l_style + c_ratio * l_content
                     optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-REGION_ATTENTION_MODES = ("masked", "zeroed")
+REGION_ATTENTION_MODES = ("zeroed", "masked")
 
 
 def token_labels(labels: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -72,20 +72,23 @@ def _attention(q, k, v):
     return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
 
 
-def style_targets(q_content, keys, values, plan: RegionPlan, mode: str = "masked", query_scale: float = 1.5):
-    """Target attention outputs (heads, N, d) of the content queries over their matched style regions.
+def style_targets(queries, keys, values, plan: RegionPlan, mode: str = "zeroed", query_scale: float = 1.5):
+    """Target attention outputs (heads, N, d) of ``queries`` over their matched style regions.
 
+    ``queries`` are those of the latent being optimized, from the same UNet pass as the outputs the loss
+    compares (detached): the target moves with the latent at every iteration, as in Attention Distillation
+    and the authors' release (DESIGN.md, stage 4).
     One attention per matched region, over only the keys its queries may see, so the cost is the sum over
     regions of |region| x |keys seen| and no (N, all keys) matrix is built.
-    ``masked``: queries attend only inside the matched region (where that region has no token at this
+    ``zeroed`` (the authors' release, the default): keys and values of the matched reference outside the
+    region are zeroed, so they keep a logit of 0 and still take attention weight.
+    ``masked`` (ours): queries attend only inside the matched region (where that region has no token at this
     resolution, over its whole reference).
-    ``zeroed`` (the authors' release): keys and values of the matched reference outside the region are zeroed,
-    so they keep a logit of 0 and still take attention weight.
     Rows of regions that keep their content are 0 (their loss is not used).
     """
     if mode not in REGION_ATTENTION_MODES:
         raise ValueError(f"region_attention must be one of {REGION_ATTENTION_MODES}, not {mode!r}")
-    q = q_content * query_scale
+    q = queries * query_scale
     out = q.new_zeros(q.shape[:-1] + (values.shape[-1],))
     for group in plan.groups:
         if mode == "masked":
@@ -100,11 +103,12 @@ def style_targets(q_content, keys, values, plan: RegionPlan, mode: str = "masked
     return out
 
 
-def region_style_loss(out, target, plan: RegionPlan, n_regions: int, mode: str = "masked") -> torch.Tensor:
+def region_style_loss(out, target, plan: RegionPlan, n_regions: int, mode: str = "zeroed") -> torch.Tensor:
     """Per content region L1 distance between attention output and target -> (n_regions,).
 
-    ``masked`` averages over the region's tokens; ``zeroed`` (authors') divides by all tokens, as a mean over
-    region-masked tensors does. Regions that keep their content get 0.
+    ``zeroed`` (authors') divides by all tokens, as the release's mean over region-masked tensors does; unlike
+    the release it leaves out the rows outside the region (a constant without gradient). ``masked`` (ours)
+    averages over the region's tokens. Regions that keep their content get 0.
     """
     err = (out.float() - target.float()).abs().mean(dim=(0, 2))  # (N,)
     matched = plan.query_reference >= 0

@@ -66,10 +66,11 @@ def test_region_loss_normalisation():
     assert region_style_loss(out, target, plan, 2, "masked")[1] == 0
 
 
-def test_both_modes_run_and_differ(pipe, staged):
+def test_both_modes_run_and_differ_and_zeroed_is_the_default(pipe, staged):
     a = pipe.stylize(*staged, steps=3, progress=False, region_attention="masked")
     b = pipe.stylize(*staged, steps=3, progress=False, region_attention="zeroed")
     assert not torch.equal(a.latent, b.latent)
+    assert torch.equal(pipe.stylize(*staged, steps=3, progress=False).latent, b.latent)
 
 
 def test_callback_sees_every_step_and_can_stop_early(pipe, staged):
@@ -119,6 +120,19 @@ def test_feature_cache_serves_a_rerun(pipe, staged):
     assert size > 0
     pipe.stylize(*staged, steps=3, c_ratio=0.5, progress=False)
     assert pipe.feature_cache.hits == hits + 3 * 3  # every image at every timestep came from the cache
+
+
+def test_a_rerun_gives_the_first_runs_result_for_any_feature_precision(pipe, staged):
+    pipe.feature_cache.clear()
+    first32 = pipe.stylize(*staged, steps=3, feature_precision=torch.float32, progress=False)
+    again32 = pipe.stylize(*staged, steps=3, feature_precision=torch.float32, progress=False)  # from the cache
+    assert torch.equal(first32.latent, again32.latent)
+    first16 = pipe.stylize(*staged, steps=3, progress=False)  # half precision: another cache entry
+    assert not torch.equal(first16.latent, first32.latent)
+    after16 = pipe.stylize(*staged, steps=3, feature_precision=torch.float32, progress=False)
+    assert torch.equal(after16.latent, first32.latent)  # never served the half-precision features
+    pipe.feature_cache.clear()
+    assert torch.equal(pipe.stylize(*staged, steps=3, progress=False).latent, first16.latent)
 
 
 def test_impossible_stylize_settings(pipe, staged):

@@ -79,7 +79,7 @@ def _controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
                                       layout=W.Layout(width="150px"))),
             ("c_ratio", W.FloatSlider(value=v("c_ratio"), min=0.0, max=2.0, step=0.01, description="c_ratio",
                                       **dict(floats, readout_format=".2f"))),
-            ("region_attention", W.Dropdown(options=["masked", "zeroed"], value=v("region_attention"),
+            ("region_attention", W.Dropdown(options=["zeroed", "masked"], value=v("region_attention"),
                                             description="region attention", style=_STYLE)),
         ],
     }
