@@ -32,8 +32,10 @@ def inversion_timesteps(scheduler, steps: int) -> list[int]:
 def invert(unet, scheduler, latents, embedding, steps: int, feature_block: int, progress=None):
     """Invert a batch of clean latents; return (trajectory (B, steps+1, 4, h, w), features per step list).
 
-    At each step the UNet runs on the current latent at the next (higher) timestep, and the output of decoder
-    block ``feature_block`` is captured.
+    At each step the UNet runs on the current latent at the next (higher) timestep t, the latent moves from
+    ``alphas_cumprod[max(0, t - T // steps)]`` to ``alphas_cumprod[t]`` (so the first step starts from
+    ``alphas_cumprod[0]``, as in the authors' release), and the output of decoder block ``feature_block`` is
+    captured.
     """
     timesteps = inversion_timesteps(scheduler, steps)
     alphas = scheduler.alphas_cumprod
@@ -43,13 +45,14 @@ def invert(unet, scheduler, latents, embedding, steps: int, feature_block: int, 
     )
     latent = latents.to(unet.device, torch.float32)
     trajectory = [latent.cpu()]
-    alpha_prev = 1.0  # the clean latent
+    stride = scheduler.config.num_train_timesteps // steps
     try:
         for t in timesteps:
             noise = unet(latent.to(unet.dtype), t, encoder_hidden_states=embedding, return_dict=False)[0].float()
-            alpha_next = float(alphas[t])
+            # as in the authors' release: the step starts at the timestep one stride below t (the previous one),
+            # and the first at alphas_cumprod[0], not at 1.0
+            alpha_prev, alpha_next = float(alphas[max(0, t - stride)]), float(alphas[t])
             latent = ddim_inversion_step(latent, noise, alpha_prev, alpha_next)
-            alpha_prev = alpha_next
             trajectory.append(latent.cpu())
             if progress is not None:
                 progress.update(1)

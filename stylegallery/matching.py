@@ -38,14 +38,15 @@ def region_semantics(tokens: torch.Tensor, labels: torch.Tensor, threshold: floa
 
 
 def enclosing_circles(labels: torch.Tensor) -> torch.Tensor:
-    """(n, 3): centroid (y, x) and radius (distance to the farthest pixel), in units of the grid height."""
+    """(n, 3): centroid (y, x) and radius (distance from it to the farthest pixel centre, as in the authors'
+    release), in units of the grid height."""
     h, w = labels.shape
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     masks = one_hot(labels).flatten(1)
     count = masks.sum(1).clamp_min(1)
     cy, cx = masks @ ys.flatten() / count, masks @ xs.flatten() / count
     dist = ((ys.flatten()[None] - cy[:, None]) ** 2 + (xs.flatten()[None] - cx[:, None]) ** 2).sqrt()
-    radius = (dist * masks).amax(1) + 0.5  # a single pixel still has half a pixel of radius
+    radius = (dist * masks).amax(1)
     return torch.stack([cy, cx, radius], dim=1) / h
 
 
@@ -64,7 +65,8 @@ def circle_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         - 0.5 * ((-d + r1 + r2) * (d + r1 - r2) * (d - r1 + r2) * (d + r1 + r2)).clamp_min(0).sqrt()
     )
     inter = torch.where(d >= r1 + r2, torch.zeros_like(d), torch.where(d <= (r1 - r2).abs(), small, lens))
-    return (inter / (area1 + area2 - inter)).float()
+    union = area1 + area2 - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-300), torch.zeros_like(union)).float()  # 0/0 -> 0
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
@@ -115,35 +117,38 @@ def relabel(labels: np.ndarray) -> np.ndarray:
 
 
 def merge_close(labels: np.ndarray, latent: np.ndarray, threshold: float, depth=None, depth_threshold=None):
-    """Merge the closest pair of regions while their mean latent vectors lie closer than ``threshold``.
+    """Merge regions whose mean latent vectors lie closer than ``threshold`` (DESIGN.md stage 2, step 3).
 
-    With ``depth`` given, a pair only merges if its mean depths also differ by less than ``depth_threshold``.
+    As in the authors' release, distances are those between the given regions' own means, every pair closer
+    than the threshold is linked, and the merged regions are the connected components of that graph (single
+    linkage: A near B and B near C merge all three even if A is far from C). With ``depth`` given, a pair is
+    only linked if its mean depths also differ by less than ``depth_threshold``.
     """
     labels = relabel(labels).ravel()
-    values = latent.reshape(latent.shape[0], -1)
-    while labels.max() > 0:
-        means = _region_means(values, labels)
-        dist = np.linalg.norm(means[:, None] - means[None], axis=-1)
-        if depth is not None:
-            d = _region_means(depth.reshape(1, -1), labels)[:, 0]
-            dist[np.abs(d[:, None] - d[None]) >= depth_threshold] = np.inf
-        np.fill_diagonal(dist, np.inf)
-        a, b = np.unravel_index(np.argmin(dist), dist.shape)
-        if dist[a, b] >= threshold:
-            break
-        labels[labels == max(a, b)] = min(a, b)
-        labels = relabel(labels)
-    return labels.reshape(latent.shape[1:])
+    means = _region_means(latent.reshape(latent.shape[0], -1), labels)
+    linked = np.linalg.norm(means[:, None] - means[None], axis=-1) < threshold
+    if depth is not None:
+        d = _region_means(depth.reshape(1, -1), labels)[:, 0]
+        linked &= np.abs(d[:, None] - d[None]) < depth_threshold
+    _, component = connected_components(csr_matrix(linked), directed=False)
+    return relabel(component[labels]).reshape(latent.shape[1:])
 
 
 def split_by_depth(labels: np.ndarray, depth: np.ndarray, span: float, seed: int) -> np.ndarray:
-    """Split each region whose depth spans >= ``span`` (5th to 95th percentile) in two by 2-means on depth."""
+    """Split each region whose depth spans >= ``span`` (5th to 95th percentile) in two by 2-means on depth.
+
+    As in the authors' release, regions under 20 pixels are left whole and the percentiles are order
+    statistics (the values at ranks ``int(0.05 n)`` and ``int(0.95 n)``).
+    """
     out = labels.copy()
     next_label = labels.max() + 1
     for region in range(labels.max() + 1):
         inside = labels == region
         values = depth[inside]
-        if values.size < 2 or np.percentile(values, 95) - np.percentile(values, 5) < span:
+        if values.size < 20:
+            continue
+        ordered = np.sort(values)
+        if ordered[int(0.95 * values.size)] - ordered[int(0.05 * values.size)] < span:
             continue
         halves = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(values.reshape(-1, 1))
         part = out[inside]
@@ -190,7 +195,7 @@ def clean_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def dissolve_thin(labels: np.ndarray, min_width: int) -> np.ndarray:
     """Give every pixel that no ``min_width`` x ``min_width`` square inside its region covers the label of the
-    nearest pixel that one does (a morphological opening per region).
+    nearest pixel that one does (a morphological opening per region). Ours, not in the paper: off by default.
 
     This removes strips along region boundaries and the image frame, where convolutions see zero padding, and
     thin protrusions; a region with no part ``min_width`` thick goes entirely. ``min_width <= 1`` keeps all.
@@ -224,7 +229,7 @@ def segment_features(
     depth_difference: float = 0.3,
     user_mask: np.ndarray | None = None,
     min_region_size: int = 20,
-    min_region_width: int = 3,
+    min_region_width: int = 1,
     seed: int = 0,
 ):
     """Segment one image; returns (labels (h, w), {k: silhouette}, chosen k). See DESIGN.md stage 2."""
