@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +59,46 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return names[dtype]
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers within ``timeout`` seconds (through the configured proxies)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
 def _load(kind: str, name: str, loader):
+    """``loader(path_or_id, local_files_only)`` with clear errors; a Hub id is looked up in the local cache
+    first, and the Hub is asked only if it answers within a few seconds (no minute of retries offline)."""
     local = Path(name).expanduser()
     looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local and not local.is_dir():
         raise ModelUnavailable(f"{kind} model folder not found: {name} (give an existing folder or a Hub id)")
+    errors = (OSError, ValueError, KeyError, json.JSONDecodeError)
+    where = "in the folder" if looks_local else "on the Hugging Face Hub or in the local cache"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return loader(str(local) if looks_local else name)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        where = "in the folder" if looks_local else "on the Hugging Face Hub or in the local cache"
+            if looks_local:
+                return loader(str(local), False)
+            try:
+                return loader(name, True)
+            except errors:
+                if hub_is_offline():
+                    raise
+            print(f"stylegallery: no local copy of the {kind} model {name}; asking the Hugging Face Hub...",
+                  file=sys.stderr, flush=True)
+            if not hub_reachable():
+                raise ModelUnavailable(f"cannot load the {kind} model {name!r}: no local copy, and the Hugging Face "
+                                       "Hub did not answer within 3 s (no network?)")
+            return loader(name, False)
+    except ModelUnavailable:
+        raise
+    except errors as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(f"cannot load the {kind} model {name!r} {where}: {first}") from None
 
@@ -100,12 +130,13 @@ def load_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backbo
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    def loader(path):
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
-        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
+    def loader(path, local_only):
+        kw = dict(local_files_only=local_only)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **kw)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **kw)
+        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
         return unet, vae, scheduler, tokenizer, text_encoder
 
     unet, vae, scheduler, tokenizer, text_encoder = _load("diffusion", name, loader)
@@ -121,7 +152,8 @@ def load_semantic(name: str, device: torch.device):
     """DINOv2 model and image processor (float32: it is small and its tokens feed cosine similarities)."""
     from transformers import AutoImageProcessor, AutoModel
 
-    model, processor = _load("semantic", name, lambda p: (AutoModel.from_pretrained(p), AutoImageProcessor.from_pretrained(p)))
+    model, processor = _load("semantic", name, lambda p, local: (AutoModel.from_pretrained(p, local_files_only=local),
+                                                                 AutoImageProcessor.from_pretrained(p, local_files_only=local)))
     return model.eval().to(device), processor
 
 
@@ -129,9 +161,10 @@ def load_depth(name: str, device: torch.device):
     """Depth Anything (or any transformers depth-estimation model) and its image processor."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    model, processor = _load(
-        "depth", name, lambda p: (AutoModelForDepthEstimation.from_pretrained(p), AutoImageProcessor.from_pretrained(p))
-    )
+    model, processor = _load("depth", name, lambda p, local: (
+        AutoModelForDepthEstimation.from_pretrained(p, local_files_only=local),
+        AutoImageProcessor.from_pretrained(p, local_files_only=local),
+    ))
     return model.eval().to(device), processor
 
 

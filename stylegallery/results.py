@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -24,13 +25,26 @@ FORMAT_VERSION = 1
 
 
 def write_atomic(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` in one step."""
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` in one step.
+
+    The file gets the permissions a plain ``open()`` would give it: those of the file it replaces, or else
+    0666 less the umask (not the 0600 of a private temporary file).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the OS applies the umask
+            break
+        except FileExistsError:
+            continue
     try:
+        # the mode the OS gave a new file under the umask, or the replaced file's: some writers (safetensors)
+        # recreate the file with a private mode of their own, so it is set again after writing
+        mode = stat.S_IMODE((path if path.exists() else tmp).stat().st_mode)
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from stylegallery import StyleGalleryError
@@ -91,6 +92,62 @@ def test_impossible_settings(pipe, images):
         pipe.segment(prepared, inversion, max_clusters=1)
 
 
+@pytest.mark.parametrize(
+    "stage, settings, message",
+    [
+        ("segment", {"merge_threshold": float("nan")}, "merge_threshold must be a finite number"),
+        ("segment", {"depth_span": float("inf")}, "depth_span must be a finite number"),
+        ("segment", {"n_init": 0}, "n_init must be at least 1"),
+        ("match", {"semantic_weight": float("nan")}, "semantic_weight must be a finite number"),
+        ("match", {"geometric_weight": -1.0}, "geometric_weight must be at least 0"),
+        ("stylize", {"lr": float("nan")}, "lr must be a finite number"),
+        ("stylize", {"c_ratio": float("inf")}, "c_ratio must be a finite number"),
+        ("stylize", {"query_scale": 0.0}, "query_scale must be positive"),
+        ("stylize", {"steps": 2.5}, "steps must be a whole number"),
+        ("invert", {"weight_midpoint": float("nan")}, "weight_midpoint must be a finite number"),
+    ],
+)
+def test_non_finite_and_impossible_numbers_are_refused(pipe, images, stage, settings, message):
+    prepared = pipe.prepare(images[0], [images[1]], size=64)
+    inversion = pipe.invert(prepared, inversion_steps=2, progress=False)
+    segmentation = pipe.segment(prepared, inversion, n_clusters=2, use_depth=False, progress=False)
+    matching = pipe.match(prepared, inversion, segmentation)
+    args = {"invert": (prepared,), "segment": (prepared, inversion), "match": (prepared, inversion, segmentation),
+            "stylize": (prepared, inversion, segmentation, matching)}[stage]
+    with pytest.raises(StyleGalleryError, match=message):
+        getattr(pipe, stage)(*args, **settings)
+
+
+def test_outputs_get_the_permissions_of_a_plain_open(model_dir, images, tmp_path, capsys, pipe):
+    import os
+    import stat
+
+    from stylegallery import TensorCache
+
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    old = os.umask(0o022)
+    try:
+        out, report, regions = tmp_path / "out.png", tmp_path / "r.json", tmp_path / "regions"
+        args = ["run", *images, "-o", out, "--model", model_dir / "sd", "--no-semantic", "--no-depth", "--size", 64,
+                "--steps", 1, "--inversion-steps", 2, "--max-clusters", 2, "--report", report,
+                "--save-regions", regions, "--quiet"]
+        code, err = _cli(capsys, *args)
+        assert code == 0, err
+        for path in (out, report, regions / "regions_content.png"):
+            assert mode(path) == 0o644, path
+        out.chmod(0o640)  # a replaced file keeps the permissions its owner gave it
+        assert _cli(capsys, *args, "--overwrite")[0] == 0 and mode(out) == 0o640
+        prepared = pipe.prepare(images[0], [images[1]], size=64)
+        assert mode(prepared.save(tmp_path / "prepare.safetensors")) == 0o644
+        cache = TensorCache(directory=tmp_path / "cache")
+        cache.put("k", {"x": torch.ones(2)})
+        assert [mode(p) for p in (tmp_path / "cache").iterdir()] == [0o644]
+        os.umask(0o077)  # a private umask gives private files
+        assert mode(prepared.save(tmp_path / "private.safetensors")) == 0o600
+    finally:
+        os.umask(old)
+
+
 def _cli(capsys, *args):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -130,6 +187,11 @@ def test_cli_run_writes_image_report_and_regions(model_dir, images, tmp_path, ca
         (["--size", "100"], "multiple of 64"),
         (["--c-ratio", "-1"], "c_ratio"),
         (["--max-clusters", "1"], "max_clusters"),
+        (["--lr", "nan"], "lr must be a finite number"),
+        (["--lr", "inf"], "lr must be a finite number"),
+        (["--c-ratio", "inf"], "c_ratio must be a finite number"),
+        (["--c-ratio", "nan"], "c_ratio must be a finite number"),
+        (["--seed", "-3"], "seed"),
     ],
 )
 def test_cli_bad_settings_exit_2_with_one_line(model_dir, images, tmp_path, capsys, extra, message):
