@@ -5,9 +5,11 @@ Three ways to spend one optimization step, on the same model, latent size and la
 * **reference** - what the authors' release does every step: a no-grad full UNet pass on the clean content
   latent, one separate no-grad full UNet pass per style latent, a full UNet forward and backward on the
   optimized latent, and the regional style loss as one attention per matched content region over
-  region-masked tensors (queries, keys, values zeroed outside the masks: DESIGN.md's "zeroed" way), plus the
-  content loss. Implemented below (:func:`reference_stylize`) on the pipeline's UNet and attention recorder.
-* **ours** - ``StyleGallery.stylize`` with its defaults (``region_attention="masked"``): a *first* run with the
+  region-masked tensors (the optimized latent's own queries, and keys, values zeroed outside the masks:
+  DESIGN.md's "zeroed" way), plus the content loss. Implemented below (:func:`reference_stylize`) on the
+  pipeline's UNet and attention recorder; that it computes the paper's loss is checked independently of both by
+  ``tests/test_loss_reference.py``.
+* **ours** - ``StyleGallery.stylize`` with its defaults (``region_attention="zeroed"``): a *first* run with the
   feature cache cleared, then a *re-run* after changing only the matches (cache warm).
 * **floor** - one full UNet forward and backward on the latent: no loss method can do a step for less.
 
@@ -68,8 +70,9 @@ def region_masks(labels: torch.Tensor, tokens: int, device, dtype) -> torch.Tens
     return masks[0].flatten(1).to(device, dtype)
 
 
-def reference_style_loss(out, q_content, style_records, layer, content_masks, style_masks, matches, query_scale):
-    """Per content region: L1 between the output and one attention over region-masked q, k, v (zeroed way)."""
+def reference_style_loss(out, queries, style_records, layer, content_masks, style_masks, matches, query_scale):
+    """Per content region: L1 between the output and one attention over region-masked q, k, v (zeroed way);
+    ``queries`` are those of the pass that gave ``out`` (the optimized latent's, as in the release)."""
     losses = []
     for r, match in enumerate(matches):
         if match is None:
@@ -79,7 +82,7 @@ def reference_style_loss(out, q_content, style_records, layer, content_masks, st
         m_r = content_masks[r][None, :, None]
         m_s = style_masks[j][s][None, :, None]
         with torch.no_grad():
-            q = q_content * m_r * query_scale
+            q = queries.detach() * m_r * query_scale
             k = style_records[j][layer]["k"][0] * m_s
             v = style_records[j][layer]["v"][0] * m_s
             target = _attention(q, k, v).float() * m_r.float()
@@ -102,7 +105,7 @@ def reference_stylize(pipe, prepared, inversion, segmentation, matching, *, step
     styles = [prepared.latents[j + 1 : j + 2].to(device, dtype) for j in range(prepared.n_styles)]
     labels = segmentation.labels
     z_t = inversion.final_latents[:1].to(device, torch.float32)
-    z = ((z_t - z_t.mean(1, keepdim=True)) / z_t.std(1, keepdim=True)).requires_grad_(True)
+    z = ((z_t - z_t.mean(1, keepdim=True)) / (z_t.std(1, keepdim=True) + 1e-8)).requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=lr)
     masks: dict[int, tuple] = {}
     history = []
@@ -119,7 +122,7 @@ def reference_stylize(pipe, prepared, inversion, segmentation, matching, *, step
                 masks[tokens] = (region_masks(labels[0], tokens, device, dtype),
                                  [region_masks(labels[j + 1], tokens, device, dtype) for j in range(len(styles))])
             per_region = per_region + reference_style_loss(
-                rec[layer]["o"][0], content_rec[layer]["q"][0], style_rec, layer, *masks[tokens], matching.matches,
+                rec[layer]["o"][0], rec[layer]["q"][0], style_rec, layer, *masks[tokens], matching.matches,
                 query_scale)
         l_style = per_region.sum()
         loss = l_style + c_ratio * l_content
@@ -136,7 +139,7 @@ def reference_stylize(pipe, prepared, inversion, segmentation, matching, *, step
 
 
 # ============================================================================================ one masked attention
-def dense_masked_targets(q_content, keys, values, plan, query_scale: float = 1.5):
+def dense_masked_targets(queries, keys, values, plan, query_scale: float = 1.5):
     """The masked targets as one attention per layer over all references' keys with an (N, M) region mask.
 
     The design issue 4 names; ``style_loss.style_targets`` instead runs one attention per matched region over
@@ -146,7 +149,7 @@ def dense_masked_targets(q_content, keys, values, plan, query_scale: float = 1.5
     inside = same_ref & (plan.key_region[None, :] == plan.query_region[:, None])
     empty = ~inside.any(1)[:, None]  # the matched region has no key at this resolution: its whole reference
     mask = inside | (empty & same_ref) | (plan.query_reference < 0)[:, None]  # unmatched rows: anywhere, unused
-    return _attention(q_content * query_scale, keys, values, mask)
+    return _attention(queries * query_scale, keys, values, mask)
 
 
 # ============================================================================================ stages on disk
@@ -380,7 +383,7 @@ def loss_bench(pipe, stages: dict, size: int, repeats: int, log=print, max_gib: 
     for (n_refs, k), info in sorted(stages.items()):
         _, _, seg, matching = load_stages(info["dir"])
         labels = seg.labels
-        q_c = {l: rec[l]["q"][0] for l in layers}
+        q_c = {l: rec[l]["q"][0] for l in layers}  # the queries of the pass that gave the outputs, as in stylize
         style_records = [{l: {"k": rec[l]["k"][j + 1 : j + 2], "v": rec[l]["v"][j + 1 : j + 2]} for l in layers}
                          for j in range(n_refs)]
         outs = {l: rec[l]["o"][0].detach().clone().requires_grad_(True) for l in layers}
@@ -502,7 +505,7 @@ def summarise(results: dict) -> str:
              f"(+{fmt_bytes(fm['extra'])} over the loaded, paged-in model).", "",
              f"Per step: the fastest of the {results['steps']} timed steps"
              + (", in CPU seconds of the process (median wall-clock seconds in brackets)" if m == "cpu" else "")
-             + ". Ours = `StyleGallery.stylize` as it is (`region_attention=\"masked\"`).", ""]
+             + ". Ours = `StyleGallery.stylize` as it is (`region_attention=\"zeroed\"`).", ""]
     lines += _time_table(results)
     if results.get("loss"):
         lines += ["", "Style loss alone (targets + loss + backward over the 6 loss layers, no UNet, real features of "
