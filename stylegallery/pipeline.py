@@ -313,6 +313,9 @@ class StyleGallery:
         """Cluster every image's diffusion features into regions (DESIGN.md stage 2).
 
         ``max_clusters``: largest k tried (k = 2..max_clusters, best silhouette wins; default 10).
+        ``n_components``, ``n_init``, ``seed``: exact PCA (60 components) and k-means++ with 10 restarts from
+        scikit-learn, seeded (the release uses randomized PCA and random starts: a different but equally valid
+        clustering; see the README's "Differences from the authors' release").
         ``n_clusters``: force k, for all images (int) or per image (list, None = automatic); no merging or
         thin-strip removal then.
         ``merge_threshold``: link k-means clusters whose mean latents are closer than this (0.85); linked
@@ -390,8 +393,12 @@ class StyleGallery:
         """Score every content region against every region of every reference and pick the best per region.
 
         ``score = statistical_weight * statistical + semantic_weight * semantic + geometric_weight * geometric``
-        (0.25, 1.0, 0.125). ``block_threshold``: share of a DINOv2 patch block a region must cover for the
-        block's token to count (about 1%). ``semantic_size``: DINOv2 input height (224 gives a 16x16 grid).
+        (0.25, 1.0, 0.125). The statistical part compares each region's true per-channel mean and variance
+        of the features (ours: the release passes the features through an untrained random transformer and
+        divides the variance of the zero-filled map by the pixel count). ``block_threshold``: share of a DINOv2
+        patch block a region must cover for the block's token to count (about 1%). ``semantic_size``: DINOv2
+        input height (224 gives a 16x16 grid); DINOv2 sees the whole working image, uncropped, so each block
+        lies under its own token (ours: the release centre-crops).
         """
         check_settings(statistical_weight=statistical_weight, semantic_weight=semantic_weight,
                        geometric_weight=geometric_weight, block_threshold=block_threshold, semantic_size=semantic_size)
