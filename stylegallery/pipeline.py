@@ -6,6 +6,7 @@ import functools
 import inspect
 import math
 import numbers
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import matching as M
 from .attention import feature_block_index, install_recorder
@@ -27,6 +27,7 @@ from .models import (
     DEFAULT_DEPTH_MODEL, DEFAULT_MODEL, DEFAULT_SEMANTIC_MODEL, TEST_MODEL_NAMES, Backbone, ModelUnavailable,
     load_backbone, load_depth, load_semantic, resolve_device, resolve_dtype, test_model_folder,
 )
+from .progress import tqdm
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization, to_pixels
 from .segmentation import segment_features
 from .style_loss import REGION_ATTENTION_MODES, content_loss, region_plan, region_style_loss, style_targets
@@ -104,14 +105,26 @@ class StyleGalleryOutput:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _frees_models(stage):
-    """After ``stage``, move models under CPU offload back to the CPU (see ``enable_model_cpu_offload``)."""
+def _spare_core_threads() -> int:
+    """Torch's intra-op thread count less one, leaving a core free (at least 1 thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - 1))
+
+
+def _stage(stage):
+    """Run ``stage`` with ``self.cpu_threads`` torch threads on a CPU (torch's own setting is restored after);
+    then move models under CPU offload back to the CPU (see ``enable_model_cpu_offload``)."""
 
     @functools.wraps(stage)
     def run(self, *args, **kwargs):
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu" and self.cpu_threads and self.cpu_threads != threads:
+            torch.set_num_threads(self.cpu_threads)
         try:
             return stage(self, *args, **kwargs)
         finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             for hook in self._offload_hooks:
                 hook.offload()
 
@@ -137,6 +150,10 @@ class StyleGallery:
         self.feature_cache = cache if cache is not None else TensorCache()
         self.inversion_cache = TensorCache(max_bytes=1 << 30, dtype=torch.float32)
         self.test_models = False
+        # Torch threads for the stages on a CPU (None: torch's own setting). One core is left free: with a thread
+        # on every core, each parallel region waits whenever another process (a browser, a Jupyter server, a test
+        # run) takes a core, and stylize steps got 3 to 5 times slower on a 2-core machine.
+        self.cpu_threads: int | None = _spare_core_threads()
         self._offload_hooks: list = []
 
     # ------------------------------------------------------------------ loading
@@ -211,7 +228,7 @@ class StyleGallery:
         return self
 
     # ------------------------------------------------------------------ stage 1a
-    @_frees_models
+    @_stage
     @torch.no_grad()
     def prepare(self, content, styles: Sequence, *, size: int | tuple[int, int] = 512, keep_aspect: bool = False) -> Prepared:
         """Read and validate the content image and style references, resize to ``size``, encode with the VAE.
@@ -233,7 +250,7 @@ class StyleGallery:
         return Prepared([n for _, n, _ in loaded], [h for _, _, h in loaded], pixels, latents.cpu(), self.backbone.fingerprint)
 
     # ------------------------------------------------------------------ stage 1b
-    @_frees_models
+    @_stage
     def invert(self, prepared: Prepared, *, inversion_steps: int = 15, weight_steepness: float = 5.0,
                weight_midpoint: float = 0.7, progress: bool = True) -> Inversion:
         """DDIM inversion of every image with capture of the decoder features at latent resolution.
@@ -288,7 +305,7 @@ class StyleGallery:
             maps.append(depth.cpu().numpy())
         return maps
 
-    @_frees_models
+    @_stage
     def segment(
         self,
         prepared: Prepared,
@@ -377,7 +394,7 @@ class StyleGallery:
             out.append(hidden[0, 1 : 1 + gh * gw].reshape(gh, gw, -1).float().cpu())
         return out
 
-    @_frees_models
+    @_stage
     def match(
         self,
         prepared: Prepared,
@@ -451,7 +468,7 @@ class StyleGallery:
         decoded = self.vae.decode(latent.to(self.device, self.dtype) / self.vae.config.scaling_factor).sample
         return to_pixels(decoded[0])
 
-    @_frees_models
+    @_stage
     def stylize(
         self,
         prepared: Prepared,

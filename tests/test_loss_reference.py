@@ -113,8 +113,11 @@ def _reference_run(unet, store, embedding, scheduler, content_latent, style_late
 
 
 @pytest.mark.parametrize("mode", ["zeroed", "masked"])
-def test_stylize_follows_the_formulas_of_design_stage_4(pipe, planted_run, model_dir, mode):
+def test_stylize_follows_the_formulas_of_design_stage_4(pipe, planted_run, model_dir, mode, monkeypatch):
     prepared, inversion, _ = planted_run
+    # both loops on torch's threads: another thread count sums in another order, and after a few Adam steps the
+    # rounding differences exceed the tolerance on the latent
+    monkeypatch.setattr(pipe, "cpu_threads", None)
     seg = pipe.segment(prepared, inversion, use_depth=False, progress=False)
     matching = pipe.match(prepared, inversion, seg)
     assert sum(m is not None for m in matching.matches) >= 2
