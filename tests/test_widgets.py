@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ pytest.importorskip("anywidget")
 pytest.importorskip("ipywidgets")
 
 from stylegallery import Session  # noqa: E402
+from stylegallery.errors import StyleGalleryError  # noqa: E402
+from stylegallery.pipeline import STAGES  # noqa: E402
 from stylegallery.widgets import Compare, LossMonitor, MatchMatrix, RegionView, StageExplorer  # noqa: E402
 
 SEGMENT = dict(max_clusters=4, use_depth=False)
@@ -30,6 +33,14 @@ def frontend_message(widget, content: dict) -> None:
 def frontend_update(widget, **state) -> None:
     """Deliver a state change from the view (``model.set(...); model.save_changes()`` in JS)."""
     widget._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}}, "buffers": []})
+
+
+def wait_until(condition, timeout: float = 120) -> None:
+    """Poll ``condition`` from this (the kernel's) thread while a worker thread runs."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def png(data: bytes) -> Image.Image:
@@ -140,12 +151,30 @@ def test_region_view_pick_and_merge_go_into_the_session(session):
 def test_region_view_k_control_resegments_through_the_session(session):
     view = RegionView(session, index=1)
     assert [k for k, _ in view.silhouette] == [2, 3, 4]
+    automatic = dict(view.silhouette)
     frontend_message(view, {"type": "set_k", "k": 2})
     assert session.value("n_clusters") == [None, 2, None]
     assert session.segmentation.chosen_k[1] == 2 and session.segmentation.n_regions(1) <= 2
     assert session.stale == ["match", "stylize"] and view.forced_k == 2
+    # the chart keeps every k of the automatic run, so that another k is one click away
+    assert [k for k, _ in view.silhouette] == [2, 3, 4] and view.status.startswith("k = 2: ")
+    assert dict(view.silhouette)[2] == pytest.approx(session.segmentation.silhouette[1]["2"])
+    assert dict(RegionView(session, index=1).silhouette) == pytest.approx(automatic)  # a new view too
+    frontend_message(view, {"type": "set_k", "k": 3})
+    assert view.forced_k == 3 and [k for k, _ in view.silhouette] == [2, 3, 4]
     frontend_message(view, {"type": "set_k", "k": 0})  # back to automatic
-    assert session.value("n_clusters") is None and view.forced_k == 0
+    assert session.value("n_clusters") is None and view.forced_k == 0 and dict(view.silhouette) == pytest.approx(automatic)
+
+
+def test_region_view_answers_every_request(session):
+    view = RegionView(session, index=0)
+    sent = []
+    view._send = lambda msg, buffers=None: sent.append(msg)  # what goes to the view
+    for _ in range(2):  # the view shows "merging…" until the answer, which says to show the status again
+        sent.clear()
+        frontend_message(view, {"type": "merge"})  # nothing picked: refused, the same status both times
+        assert view.status == "⚠ pick two regions to merge"
+        assert sent[-1] == {"method": "custom", "content": {"type": "answered"}}
 
 
 def test_region_view_pick_logic_and_plain_labels():
@@ -181,6 +210,7 @@ def test_loss_monitor_stop_makes_stylize_stop_early(pipe, session):
     result = pipe.stylize(*args, steps=8, preview_every=2, callback=callback, progress=False)
     assert result.stopped_early and len(result.history) == 3
     assert monitor.steps == [1, 2, 3] and not monitor.running and "stopped at step 3" in monitor.status
+    assert not monitor.stoppable  # a run on the kernel's main thread: the view says to interrupt instead
     assert monitor.total == pytest.approx([h["total"] for h in result.history])
     assert set(monitor.regions) == set(result.history[0]["style_per_region"])
     assert png(monitor.preview_png).size[0] <= 320 and monitor.preview_step == 2
@@ -190,14 +220,34 @@ def test_loss_monitor_stop_makes_stylize_stop_early(pipe, session):
     assert "done" in monitor.status
 
 
+def test_loss_monitor_run_works_in_a_worker_so_a_click_on_stop_lands(pipe, session):
+    monitor = LossMonitor(min_interval=0)
+    args = [session.prepared, session.inversion, session.segmentation, session.matching]
+    monitor.run(pipe, *args, steps=200, progress=False)
+    assert monitor.busy and monitor.running
+    wait_until(lambda: monitor.step >= 2 or not monitor.busy)
+    frontend_update(monitor, stop_requested=True)  # the click, read on this thread while stylize runs
+    result = monitor.wait(120)
+    assert result.stopped_early and 2 <= len(result.history) < 200 and monitor.stoppable
+    assert not monitor.busy and "stopped at step" in monitor.status and monitor.steps[-1] == len(result.history)
+
+    assert monitor.run(session) is None and monitor.wait(120) is session.stylization  # a session's stale stages
+    assert monitor.steps == [1, 2, 3, 4] and not session.stylization.stopped_early
+    monitor.run(session, "nowhere")
+    with pytest.raises(StyleGalleryError, match="unknown stage"):
+        monitor.wait(120)
+    assert monitor.status.startswith("⚠ StyleGalleryError") and not monitor.running
+
+
 # ---------------------------------------------------------------------------------------------- StageExplorer
 def test_stage_explorer_marks_stale_stages_and_reruns_only_those(session):
     explorer = StageExplorer(session)
-    assert explorer.stale == ["stylize"]
+    assert explorer.stale == ["stylize"] and explorer.folds.selected_index == STAGES.index("stylize")
     assert "stale" in explorer.headers["stylize"].value and "done" in explorer.headers["match"].value
+    assert explorer.folds.get_title(4).endswith("· stale") and "· done" in explorer.folds.get_title(3)
     assert len(explorer.region_views) == 3 and explorer.match_matrix is not None
     explorer.buttons["stylize"].click()
-    assert explorer.ran == ["stylize"] and explorer.stale == []
+    assert explorer.wait(120) == ["stylize"] and explorer.stale == []
     assert explorer.compare is not None and explorer.monitor.steps == [1, 2, 3, 4]
     kept = {stage: session.results[stage] for stage in ("prepare", "invert", "segment")}
 
@@ -206,10 +256,12 @@ def test_stage_explorer_marks_stale_stages_and_reruns_only_those(session):
     assert "stale" in explorer.headers["match"].value and "done" in explorer.headers["segment"].value
     frontend_update(explorer.controls["stylize"]["c_ratio"], value=0.4)
     assert explorer.stale == ["match", "stylize"]
+    explorer.unfold("prepare")
     explorer.buttons["match"].click()
-    assert explorer.ran == ["match"] and explorer.stale == ["stylize"]
+    assert explorer.wait(120) == ["match"] and explorer.stale == ["stylize"]
+    assert explorer.folds.selected_index == STAGES.index("match")  # the fold of the stage that ran is open
     explorer.run_all_button.click()
-    assert explorer.ran == ["stylize"] and explorer.stale == []
+    assert explorer.wait(120) == ["stylize"] and explorer.stale == []
     assert all(session.results[stage] is kept[stage] for stage in kept)
     assert explorer.match_matrix.matching is session.matching
 
@@ -219,8 +271,9 @@ def test_stage_explorer_marks_stale_stages_and_reruns_only_those(session):
     explorer.set(max_clusters=3)
     assert explorer.controls["segment"]["max_clusters"].value == 3
     assert explorer.stale == ["segment", "match", "stylize"]
-    assert explorer.run("match") == ["segment", "match"]
+    assert explorer.run("match") == [] and explorer.wait(120) == ["segment", "match"]
     assert explorer.region_views[0].segmentation is session.segmentation
+    assert explorer.run("match", background=False) == []  # nothing stale up to match; on this thread
 
 
 def test_stage_explorer_shows_errors_in_the_panel(session):
@@ -228,34 +281,89 @@ def test_stage_explorer_shows_errors_in_the_panel(session):
     frontend_update(explorer.controls["stylize"]["lr"], value=0.0001)
     session.settings["stylize"]["lr"] = -1.0  # an impossible value slipped past the control
     explorer.run()
-    assert explorer.ran == [] and "lr must be positive" in explorer.messages["stylize"].value
-    assert "error" in explorer.headers["stylize"].value
+    assert explorer.wait(120) == [] and "lr must be positive" in explorer.messages["stylize"].value
+    assert "error" in explorer.headers["stylize"].value and "· error" in explorer.folds.get_title(4)
+    assert not explorer.buttons["stylize"].disabled
 
 
-def test_stage_explorer_background_run_can_be_stopped(pipe, small_run):
+def test_stage_explorer_shows_a_failure_outside_a_stage(session, monkeypatch):
+    explorer = StageExplorer(session)
+
+    def broken(stage, result):
+        raise RuntimeError("cannot draw")
+
+    monkeypatch.setattr(explorer, "_show", broken)
+    explorer.run()
+    assert explorer.wait(120) == ["stylize"] and isinstance(explorer.last_error, RuntimeError)
+    assert "RuntimeError: cannot draw" in explorer.status.value and not explorer.run_all_button.disabled
+    frontend_message(explorer.match_matrix, {"type": "keep", "row": 0, "keep": True})  # edits work again
+    assert session.stale == ["stylize"]
+
+
+def test_stage_explorer_runs_in_a_worker_so_stop_keeps_a_partial_result(pipe, small_run):
     prepared, _ = small_run
     images = [prepared.image(i) for i in range(len(prepared.names))]
-    explorer = StageExplorer(pipe, images[0], images[1:], size=128, inversion_steps=2, steps=40, preview_every=5,
-                             background=True, **SEGMENT)
-    monitor = explorer.monitor
-    stops = []
-
-    original = monitor.callback
-
-    def pressing_stop(info):  # the kernel is free while the worker runs: a Stop click lands between steps
-        if info.step == 2:
-            frontend_update(monitor, stop_requested=True)
-            stops.append(info.step)
-        return original(info)
-
-    monitor.callback = pressing_stop
-    assert explorer.run() == [] and explorer.busy
+    explorer = StageExplorer(pipe, images[0], images[1:], size=128, inversion_steps=2, steps=200, preview_every=5,
+                             **SEGMENT)
+    session, monitor = explorer.session, explorer.monitor
+    assert explorer.run() == [] and explorer.busy  # returned at once: this thread stays free, as the kernel's
     assert explorer.buttons["stylize"].disabled and explorer.controls["stylize"]["steps"].disabled
+    wait_until(lambda: monitor.step >= 2 or not explorer.busy)
+    assert explorer.busy and explorer.folds.selected_index == STAGES.index("stylize")
+    # edits of the session wait for the end of the run
+    view = explorer.region_views[0]
+    frontend_update(view, picked=[1, 0], selected=0)
+    frontend_message(view, {"type": "merge"})
+    assert "a run is in progress" in view.status and session.segmentation is view.segmentation
+    frontend_message(explorer.match_matrix, {"type": "keep", "row": 0, "keep": True})
+    assert "a run is in progress" in explorer.match_matrix.status and session.matching.matches[0] is not None
+    with pytest.raises(StyleGalleryError, match="a run is in progress"):
+        explorer.set(steps=3)
+
+    frontend_update(monitor, stop_requested=True)  # the Stop button
     assert explorer.wait(120) == ["prepare", "invert", "segment", "match", "stylize"] and not explorer.busy
-    result = explorer.session.stylization
-    assert stops == [2] and result.stopped_early and len(result.history) == 2
+    result = session.stylization
+    assert result.stopped_early and 2 <= len(result.history) < 200 and monitor.steps[-1] == len(result.history)
+    assert f"stopped at step {len(result.history)} of 200" in explorer.headers["stylize"].value
+    assert explorer.progress["stylize"].value == len(result.history) and session.stale == []
     assert not explorer.buttons["stylize"].disabled and not explorer.controls["stylize"]["steps"].disabled
     assert explorer.controls["segment"]["use_depth"].disabled == (pipe.depth_model is None)
+    frontend_message(view, {"type": "merge"})  # and go in after it
+    assert session.segmentation is view.segmentation and "merged region" in view.status and session.stale == ["match", "stylize"]
+
+
+# ---------------------------------------------------------------------------------------------- names
+def test_no_widget_shadows_a_name_that_ipywidgets_reserves(session):
+    """A synced trait named like a DOM widget's own attribute breaks every view (``style`` made the frontend take a
+    list for a style model: "Cannot read properties of undefined (reading 'then')"); a method named like one breaks
+    the kernel side (``open`` is what opens the comm)."""
+    import anywidget
+    import ipywidgets as W
+    import traitlets
+    from ipywidgets.widgets.widget_description import DescriptionWidget
+
+    reserved = set(dir(anywidget.AnyWidget)) | set(dir(W.VBox)) | set(DescriptionWidget.class_trait_names())
+    assert {"style", "layout", "_dom_classes", "tabbable", "tooltip", "description", "keys", "comm", "open"} <= reserved
+    overrides = {"_repr_mimebundle_", "_ipython_display_", "set_state", "hold_sync"}  # StaticReprMixin's, SyncGuard's
+    session.run(progress=False)
+    image = Image.new("RGB", (64, 64))
+    widgets = [RegionView(session), MatchMatrix(session), LossMonitor(), Compare(image, image), StageExplorer(session)]
+    # what the base classes give a subclass (traitlets' bookkeeping) and an instance (hold_sync leaves a flag)
+    generated, bare = {}, {}
+    for base in (anywidget.AnyWidget, W.VBox):
+        generated[base] = set(vars(type("Probe", (base,), {})))
+        instance = base()
+        with instance.hold_sync():
+            pass
+        bare[base] = set(vars(instance))
+    for widget in widgets:
+        ours = [k for k in type(widget).__mro__ if k.__module__.startswith("stylegallery.")]
+        synced = {n for k in ours for n, v in vars(k).items() if isinstance(v, traitlets.TraitType) and v.metadata.get("sync")}
+        assert synced or isinstance(widget, StageExplorer), type(widget).__name__
+        assert not synced & reserved, (type(widget).__name__, synced & reserved)
+        base = anywidget.AnyWidget if isinstance(widget, anywidget.AnyWidget) else W.VBox
+        names = {n for k in ours for n in vars(k) if not n.startswith("__")} - generated[base] | (set(vars(widget)) - bare[base])
+        assert not (names - overrides) & reserved, (type(widget).__name__, (names - overrides) & reserved)
 
 
 # ---------------------------------------------------------------------------------------------- static pictures

@@ -2,8 +2,9 @@
 
 ``RegionView`` (regions over an image: hover, pick, merge, re-segment with a chosen k), ``MatchMatrix``
 (click a cell to override a match, keep content), ``LossMonitor`` (live loss curves and previews with a
-Stop button), ``Compare`` (before/after slider) and ``StageExplorer`` (every stage with its settings, Run
-buttons and pictures). Each widget also carries a static PNG for notebooks viewed without a kernel.
+Stop button), ``Compare`` (before/after slider) and ``StageExplorer`` (a fold per stage with its settings, Run
+button and pictures; the stages run in a worker thread, so Stop takes effect). Each widget also carries a static
+PNG for notebooks viewed without a kernel.
 """
 
 from .compare import Compare

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import io
 import pathlib
+import threading
 import weakref
 from typing import Any, Callable
 
@@ -12,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from stylegallery import plot
+from stylegallery.errors import StyleGalleryError
 
 HERE = pathlib.Path(__file__).parent
 CSS = HERE / "style.css"
@@ -30,6 +34,54 @@ def esm(name: str) -> str:
     anywidget loads each ``_esm`` as one module that cannot import a sibling file, so the helpers go in as text.
     """
     return (HERE / "common.js").read_text(encoding="utf-8") + "\n" + (HERE / name).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------- runs
+_MODEL_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+RUNNING: "weakref.WeakSet" = weakref.WeakSet()  # sessions whose stages a widget runs in a worker thread now
+
+
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """Run ``target`` in a daemon thread, leaving the kernel free to read widget messages (a click on Stop).
+
+    The thread runs in a copy of the caller's context: what it prints or displays goes where the caller's would.
+    """
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def model_lock(pipe) -> threading.Lock:
+    """Held by a widget while it runs a stage on ``pipe``: one run at a time per model (the stages hook its UNet)."""
+    with _LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(pipe, threading.Lock())
+
+
+class SyncGuard:
+    """Changes from the view and batched updates (``hold_sync``) one at a time, whichever thread makes them.
+
+    A worker thread updates the widgets while the kernel's thread applies the view's messages; both go through
+    ipywidgets' set of states waiting to be sent, which must not change while a batch is being sent.
+    """
+
+    def _guard(self) -> threading.RLock:
+        return self.__dict__.setdefault("_sync_guard", threading.RLock())
+
+    def set_state(self, sync_data) -> None:
+        with self._guard():
+            super().set_state(sync_data)
+
+    @contextlib.contextmanager
+    def hold_sync(self):
+        with self._guard(), super().hold_sync():
+            yield
+
+
+def check_idle(session) -> None:
+    """Refuse an edit of a session whose stages run in a worker thread now."""
+    if session is not None and session in RUNNING:
+        raise StyleGalleryError("a run is in progress on this session: edit when it has finished")
 
 
 # ---------------------------------------------------------------------------------------------- images

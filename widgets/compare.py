@@ -6,12 +6,13 @@ import anywidget
 import traitlets as t
 from PIL import Image, ImageDraw
 
+from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 
-from ._common import CSS, StaticReprMixin, esm, montage, png_bytes, to_image
+from ._common import CSS, StaticReprMixin, SyncGuard, esm, montage, png_bytes, to_image
 
 
-class Compare(StaticReprMixin, anywidget.AnyWidget):
+class Compare(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     """Content and result under one before/after slider (drag across the picture), references beside it.
 
     ``Compare(content, result, styles)`` takes PIL images, arrays or paths; ``Compare.from_session(session)``
@@ -39,6 +40,7 @@ class Compare(StaticReprMixin, anywidget.AnyWidget):
             raise StyleGalleryError("this session has no result yet: run it up to 'stylize' first")
         prepared = session.prepared
         styles = [prepared.image(i) for i in range(1, len(prepared.names))]
+        kwargs.setdefault("style_names", plot.image_names(prepared.names)[1:])
         return cls(prepared.image(0), session.stylization.image, styles, **kwargs)
 
     def update(self, content, result, styles=(), *, style_names=None) -> None:

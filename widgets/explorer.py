@@ -13,7 +13,7 @@ from stylegallery.errors import StyleGalleryError
 from stylegallery.pipeline import STAGES
 from stylegallery.session import Session
 
-from ._common import StaticReprMixin, montage, overlay, png_bytes
+from ._common import RUNNING, StaticReprMixin, check_idle, model_lock, montage, overlay, png_bytes, start_thread
 from .compare import Compare
 from .loss_monitor import LossMonitor
 from .match_matrix import MatchMatrix
@@ -86,19 +86,21 @@ def _controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
 
 
 class StageExplorer(StaticReprMixin, W.VBox):
-    """Step through StyleGallery stage by stage: one panel per stage with its main settings, a Run button,
-    a progress bar and its pictures (images, features, RegionViews, MatchMatrix, LossMonitor, Compare).
+    """Step through StyleGallery stage by stage: one fold per stage (the running or first stale one open) with
+    its main settings, a Run button, a progress bar and its pictures (images, features, RegionViews,
+    MatchMatrix, LossMonitor, Compare).
 
-    Changing a setting marks that stage and the later ones stale (badge); *Run* on a panel runs the stale
+    Changing a setting marks that stage and the later ones stale (badge); *Run* in a fold runs the stale
     stages up to that one, *Run all* up to stylize. Edits in the pictures (merged regions, another k,
-    overridden matches) go into the session and mark the later stages stale too. Everything runs on the
-    kernel's thread, so the kernel reads no widget messages while a stage runs: the Stop button of the loss
-    monitor takes effect only with ``background=True``, which runs the stages in a worker thread instead (the
-    controls are locked meanwhile; :meth:`wait` joins it). ``StageExplorer(pipe, content, styles, **settings)``
-    or ``StageExplorer(session)``. ``preview_every``: decode a preview every N stylize steps (default: a tenth).
+    overridden matches) go into the session and mark the later stages stale too. The stages run in a worker
+    thread, so the kernel keeps reading the widgets: *Stop* in the loss monitor ends stylize after the current
+    step and keeps that result. Meanwhile the controls are locked and edits of the session are refused;
+    :meth:`wait` waits for the run (``background=False`` runs on the kernel's thread instead: Stop then has
+    no effect). ``StageExplorer(pipe, content, styles, **settings)`` or ``StageExplorer(session)``.
+    ``preview_every``: decode a preview every N stylize steps (default: a tenth).
     """
 
-    def __init__(self, pipe, content=None, styles=None, *, preview_every: int | None = None, background: bool = False,
+    def __init__(self, pipe, content=None, styles=None, *, preview_every: int | None = None, background: bool = True,
                  **settings):
         if isinstance(pipe, Session):
             session = pipe
@@ -143,21 +145,25 @@ class StageExplorer(StaticReprMixin, W.VBox):
             self.progress[stage] = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px"))
             self.messages[stage] = W.HTML()
             self.pictures[stage] = W.HBox(layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
-            head = W.HBox([self.headers[stage], button, self.progress[stage]], layout=W.Layout(align_items="center"))
-            settings_box = W.HBox([w for _, w in controls], layout=W.Layout(flex_flow="row wrap"))
-            panel = W.VBox([head, settings_box, self.messages[stage], self.pictures[stage]],
-                           layout=W.Layout(border="1px solid #d0d0d0", padding="4px 8px", margin="0 0 6px 0"))
-            panels.append(panel)
+            head = W.HBox([button, self.progress[stage], self.headers[stage]] + [w for _, w in controls],
+                          layout=W.Layout(align_items="center", flex_flow="row wrap"))
+            panels.append(W.VBox([head, self.messages[stage], self.pictures[stage]]))
         self.panels = dict(zip(STAGES, panels))
+        self.folds = W.Accordion(children=panels)
         self.pictures["stylize"].children = [self.monitor]
         run_all = W.Button(description="Run all", icon="forward", button_style="primary",
                            tooltip="run every stale stage up to stylize")
         run_all.on_click(lambda _b: self.run("stylize"))
         self.run_all_button = run_all
         self.status = W.HTML()
-        super().__init__([W.HBox([run_all, self.status], layout=W.Layout(align_items="center"))] + panels)
+        super().__init__([W.HBox([run_all, self.status], layout=W.Layout(align_items="center")), self.folds])
         self.add_class("sg-explorer")
         self._refresh()
+        self.unfold(session.stale[0] if session.stale else STAGES[-1])
+
+    def unfold(self, stage: str) -> None:
+        """Unfold the panel of ``stage`` (and fold the open one)."""
+        self.folds.selected_index = STAGES.index(stage)
 
     # ------------------------------------------------------------------ settings and staleness
     @property
@@ -175,6 +181,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
 
     def set(self, **settings) -> list[str]:
         """Change settings like the controls do (the controls follow); returns the stale stages."""
+        check_idle(self.session)
         for name, value in settings.items():
             stage = self.session.stage_of(name)
             widget = self.controls.get(stage, {}).get(name)
@@ -185,20 +192,29 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._refresh()
         return self.stale
 
+    def _state(self, stage: str) -> tuple[str, str]:
+        """A stage's badge kind and text."""
+        result = self.session.results[stage]
+        if self._running == stage:
+            return "running", "running…"
+        if stage in self._errors:
+            return "error", "error"
+        if result is None:
+            return "stale", "stale"
+        text = "done"
+        if stage == "stylize" and result.stopped_early:
+            text = f"stopped at step {len(result.history)} of {result.settings['steps'] * result.settings['iters']}"
+        seconds = self.session.timings.get(stage)
+        return "done", text + (f" · {seconds:.1f} s" if seconds is not None else "")
+
     def _refresh(self) -> None:
-        """Badges, messages and the pictures of every finished stage whose result changed."""
+        """Titles, badges, messages and the pictures of every finished stage whose result changed."""
         session = self.session
-        for stage in STAGES:
-            if self._running == stage:
-                badge = _badge("running", "running…")
-            elif stage in self._errors:
-                badge = _badge("error", "error")
-            elif session.results[stage] is None:
-                badge = _badge("stale", "stale")
-            else:
-                seconds = session.timings.get(stage)
-                badge = _badge("done", "done" + (f" · {seconds:.1f} s" if seconds is not None else ""))
-            self.headers[stage].value = f'<b style="font-size:13px">{html.escape(TITLES[stage])}</b>{badge}'
+        for i, stage in enumerate(STAGES):
+            kind, text = self._state(stage)
+            self.headers[stage].value = _badge(kind, text)
+            if self.folds.get_title(i) != f"{TITLES[stage]} · {text}":
+                self.folds.set_title(i, f"{TITLES[stage]} · {text}")
             error = self._errors.get(stage)
             self.messages[stage].value = f'<span style="color:#b71c1c">⚠ {html.escape(error)}</span>' if error else ""
             result = session.results[stage]
@@ -207,17 +223,19 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 self._shown[stage] = id(result)
             if self._running != stage and stage not in self._errors:
                 bar = self.progress[stage]
-                bar.value = bar.max if result is not None else 0
-                bar.bar_style = "success" if result is not None else ""
+                stopped = stage == "stylize" and result is not None and result.stopped_early
+                bar.value = (len(result.history) if stopped else bar.max) if result is not None else 0
+                bar.bar_style = ("warning" if stopped else "success") if result is not None else ""
         stale = session.stale
         self.status.value = (f"&nbsp;stale: {', '.join(stale)}" if stale else "&nbsp;all stages are up to date")
 
     # ------------------------------------------------------------------ running
     def run(self, until: str = "stylize", *, background: bool | None = None) -> list[str]:
-        """Run the stale stages up to ``until`` (what a Run button does); returns the stages that ran.
+        """Run the stale stages up to ``until`` (what a Run button does).
 
-        With ``background`` (default: the explorer's setting) the stages run in a worker thread and this
-        returns at once (an empty list); :meth:`wait` joins the thread and returns the stages that ran.
+        In the background (the default; ``background`` overrides the explorer's setting) the stages run in a
+        worker thread and this returns an empty list at once: :meth:`wait` returns the stages that ran. On the
+        kernel's thread it returns them when done.
         """
         if until not in STAGES:
             raise StyleGalleryError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
@@ -226,11 +244,9 @@ class StageExplorer(StaticReprMixin, W.VBox):
             return []
         background = self.background if background is None else background
         self._lock(True)
+        RUNNING.add(self.session)
         if background:
-            import threading
-
-            self._thread = threading.Thread(target=self._run, args=(until,), name="stylegallery-explorer", daemon=True)
-            self._thread.start()
+            self._thread = start_thread(lambda: self._run(until), "stylegallery-explorer")
             return []
         return self._run(until)
 
@@ -240,7 +256,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         return self._thread is not None and self._thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> list[str]:
-        """Wait for a background run to finish; returns the stages it ran."""
+        """Wait for a background run to finish (at most ``timeout`` seconds); returns the stages it ran."""
         if self._thread is not None:
             self._thread.join(timeout)
         return self.ran
@@ -258,9 +274,24 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.run_all_button.disabled = locked
 
     def _run(self, until: str) -> list[str]:
+        """Run the stages holding the model's lock; any failure shows in the explorer, never only in a log."""
+        lock = model_lock(self.session.pipe)
         try:
-            return self._run_stages(until)
+            if not lock.acquire(blocking=False):
+                self.status.value = "&nbsp;waiting for another run on this model…"
+                lock.acquire()
+            try:
+                return self._run_stages(until)
+            finally:
+                lock.release()
+        except Exception as exc:  # outside a stage (e.g. drawing its pictures); kept as last_error
+            self.last_error = exc
+            self._running = None
+            error = html.escape(f"{type(exc).__name__}: {exc}")
+            self.status.value = f'&nbsp;<span style="color:#b71c1c">⚠ {error}</span>'
+            return self.ran
         finally:
+            RUNNING.discard(self.session)
             self._lock(False)
 
     def _run_stages(self, until: str) -> list[str]:
@@ -274,6 +305,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
             bar = self.progress[stage]
             bar.bar_style = "info"
             bar.max, bar.value = 1, 0
+            self.unfold(stage)
             self._refresh()
             try:
                 if stage == "stylize":
@@ -287,8 +319,6 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 self._running = None
                 self._refresh()
                 return self.ran
-            bar.bar_style = "success"
-            bar.value = bar.max
             self.ran.append(stage)
             self._running = None
             self._refresh()
@@ -303,6 +333,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         bar.max = steps
         monitor = self.monitor
         monitor.start(steps)
+        self.pictures["stylize"].children = [monitor]  # the Compare of an earlier result comes back with the new one
 
         def callback(info):
             bar.value = min(info.step, bar.max)
@@ -324,16 +355,18 @@ class StageExplorer(StaticReprMixin, W.VBox):
         session = self.session
         box = self.pictures[stage]
         if stage == "prepare":
-            box.children = [_figure(result.image(i), "content" if i == 0 else f"style {i}") for i in range(len(result.names))]
+            names = plot.image_names(result.names)
+            box.children = [_figure(result.image(i), names[i]) for i in range(len(result.names))]
         elif stage == "invert":
-            box.children = [_figure(_feature_picture(result.features[i]), ("content" if i == 0 else f"style {i}") + " features (PCA)")
+            names = plot.image_names(session.prepared.names)
+            box.children = [_figure(_feature_picture(result.features[i]), names[i] + " features (PCA)")
                             for i in range(len(result.features))]
         elif stage == "segment":
             if len(self.region_views) == len(result.labels):
                 for view in self.region_views:
                     view.refresh()
             else:
-                self.region_views = [RegionView(session, index=i, width=240) for i in range(len(result.labels))]
+                self.region_views = [RegionView(session, index=i, width=200) for i in range(len(result.labels))]
                 for view in self.region_views:
                     view.on_edit(self._on_edit)
                 box.children = list(self.region_views)
@@ -347,11 +380,13 @@ class StageExplorer(StaticReprMixin, W.VBox):
         elif stage == "stylize":
             if len(self.monitor.steps) != len(result.history):  # a result not made by this explorer's run
                 self.monitor.show(result)
+            self.monitor.preview_png = b""  # the result is beside it, in the Compare (and so both fit side by side)
             if self.compare is None:
-                self.compare = Compare.from_session(session)
+                self.compare = Compare.from_session(session, width=256)
             else:
                 prepared = session.prepared
-                self.compare.update(prepared.image(0), result.image, [prepared.image(i) for i in range(1, len(prepared.names))])
+                self.compare.update(prepared.image(0), result.image, [prepared.image(i) for i in range(1, len(prepared.names))],
+                                    style_names=plot.image_names(prepared.names)[1:])
             box.children = [self.monitor, self.compare]
 
     # ------------------------------------------------------------------ static picture

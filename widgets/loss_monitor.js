@@ -10,17 +10,42 @@ function niceTicks(lo, hi, count) {
   return ticks;
 }
 
+// Ticks of a log axis whose ends lo and hi are log10 values: powers of ten (every other one or fewer over many
+// decades), else 1-2-5, 1-2-3-5 or 1..9 times them, else (a narrow range) plain ticks. Returns log10 values.
+function logTicks(lo, hi) {
+  for (const mantissas of [[1], [1, 2, 5], [1, 2, 3, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
+    const ticks = [];
+    for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) {
+      mantissas.forEach((m) => {
+        const v = e + Math.log10(m);
+        if (v >= lo - 1e-9 && v <= hi + 1e-9) ticks.push(v);
+      });
+    }
+    if (ticks.length >= 3) return ticks.filter((_, i) => i % Math.ceil(ticks.length / 7) === 0);
+  }
+  return niceTicks(10 ** lo, 10 ** hi, 5).filter((v) => v > 0).map(Math.log10); // 5: two ticks at least
+}
+
+// A tick label: 3 significant digits at most, no trailing zeros, exponent form for very large or small values.
+function formatNumber(v) {
+  const rounded = Number(v.toPrecision(3));
+  if (rounded === 0) return "0";
+  const size = Math.abs(rounded);
+  return size >= 1e4 || size < 1e-3 ? rounded.toExponential().replace("e+", "e") : String(rounded);
+}
+
 function render({ model, el: root }) {
   const box = el("div", "sg-widget sg-loss-monitor");
   const head = el("div", "sg-row");
   const title = el("div", "sg-title", "stylize: losses");
   const stop = el("button", "sg-button sg-stop", "■ Stop");
   stop.title = "stop after the current step and keep the current result";
+  const busyHint = el("span", "sg-small", "the kernel is busy with this cell: interrupt it (■) to stop early");
   const logLabel = el("label", "sg-small");
   const logBox = el("input");
   logBox.type = "checkbox";
   logLabel.append(logBox, document.createTextNode(" log scale"));
-  head.append(title, stop, logLabel);
+  head.append(title, stop, busyHint, logLabel);
 
   const progress = el("div", "sg-progress");
   const bar = el("div", "sg-progress-bar");
@@ -93,12 +118,15 @@ function render({ model, el: root }) {
     const pad = (hi - lo) * 0.05;
     hi += pad;
     const x0 = steps[0];
-    const x1 = Math.max(model.get("total_steps") || 0, steps[steps.length - 1], x0 + 1);
+    // while running the axis spans the whole run; a finished (or stopped) run fills it
+    const x1 = Math.max(model.get("running") ? model.get("total_steps") || 0 : 0, steps[steps.length - 1], x0 + 1);
     const px = (s) => m.l + ((s - x0) / (x1 - x0 || 1)) * (W - m.l - m.r);
     const py = (v) => H - m.b - ((tf(v) - lo) / (hi - lo)) * (H - m.t - m.b);
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    niceTicks(lo, hi, 4).forEach((v) => {
+    const yTicks = log ? logTicks(lo, hi) : niceTicks(lo, hi, 4);
+    const yLabels = yTicks.map((v) => formatNumber(log ? 10 ** v : v));
+    yTicks.forEach((v, i) => {
       const y = H - m.b - ((v - lo) / (hi - lo)) * (H - m.t - m.b);
       ctx.globalAlpha = 0.15;
       ctx.beginPath();
@@ -106,9 +134,9 @@ function render({ model, el: root }) {
       ctx.lineTo(W - m.r, y);
       ctx.stroke();
       ctx.globalAlpha = 1;
-      const label = log ? `1e${v.toFixed(1)}` : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3);
-      ctx.fillText(label, m.l - 4, y);
+      ctx.fillText(yLabels[i], m.l - 4, y);
     });
+    canvas.dataset.yticks = JSON.stringify(yLabels);
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     niceTicks(x0, x1, Math.min(5, Math.max(1, x1 - x0))).filter((s) => Number.isInteger(Math.round(s * 1e6) / 1e6))
@@ -152,8 +180,10 @@ function render({ model, el: root }) {
     const step = model.get("step") || 0;
     bar.style.width = total ? `${Math.min(100, (100 * step) / total)}%` : "0%";
     const running = model.get("running");
-    stop.disabled = !running || model.get("stop_requested");
+    const heard = model.get("stoppable"); // false: the run holds the kernel, which reads no click until it ends
+    stop.disabled = !running || !heard || model.get("stop_requested");
     stop.textContent = model.get("stop_requested") && running ? "stopping…" : "■ Stop";
+    busyHint.style.display = running && !heard ? "" : "none";
     box.classList.toggle("sg-running", !!running);
   }
 
@@ -194,8 +224,12 @@ function render({ model, el: root }) {
     },
     "change:step": updateProgress,
     "change:total_steps": updateProgress,
-    "change:running": updateProgress,
+    "change:running": () => {
+      updateProgress();
+      draw();
+    },
     "change:stop_requested": updateProgress,
+    "change:stoppable": updateProgress,
     "change:preview_png": updatePreview,
     "change:preview_step": () => (previewLabel.textContent = `preview at step ${model.get("preview_step")}`),
     "change:status": () => (status.textContent = model.get("status")),

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import anywidget
 import traitlets as t
 
 from stylegallery import plot
+from stylegallery.errors import StyleGalleryError
 
-from ._common import CSS, StaticReprMixin, esm, figure_png, png_bytes
+from ._common import CSS, StaticReprMixin, SyncGuard, esm, figure_png, model_lock, png_bytes, start_thread
 
 
-class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
+class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     """Live loss curves (total, content, style per region) and previews of a running stylization.
 
-    Pass :meth:`callback` to :meth:`StyleGallery.stylize` or :meth:`Session.run` (with ``preview_every=N``
-    for a decoded preview every N steps). *Stop* makes the callback return True: stylize then stops and keeps
-    the current result. A new run starts fresh curves. ``min_interval``: seconds between updates sent to the
-    view (previews, the first and the last step always go at once).
+    :meth:`run` stylizes in a worker thread with this monitor watching (``monitor.run(session)`` or
+    ``monitor.run(pipe, prepared, inversion, segmentation, matching, steps=...)``); :meth:`wait` returns the
+    result. *Stop* makes the callback return True: stylize then stops after the current step and keeps the
+    current result (``stopped_early``). A new run starts fresh curves. ``min_interval``: seconds between
+    updates sent to the view (previews, the first and the last step always go at once).
 
-    The kernel reads a click on *Stop* only while it is not busy: run the stylization in a thread for the
-    button to work live (``StageExplorer(..., background=True)``, or
-    ``threading.Thread(target=session.run, kwargs={"callback": monitor.callback}).start()``); :meth:`stop`
-    works from any thread.
+    :meth:`callback` can also go to :meth:`StyleGallery.stylize` or :meth:`Session.run` by hand (with
+    ``preview_every=N`` for a decoded preview every N steps). Run so on the kernel's main thread, the kernel reads
+    no click until the cell ends: the view then says to use the kernel's interrupt button, which stops stylize
+    the same way. :meth:`stop` works from any thread.
     """
 
     _esm = esm("loss_monitor.js")
@@ -32,7 +35,7 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
     steps = t.List().tag(sync=True)
     total = t.List().tag(sync=True)
     content = t.List().tag(sync=True)
-    style = t.List().tag(sync=True)
+    style_loss = t.List().tag(sync=True)  # not `style`: ipywidgets reserves that name for a DOM widget's styling
     regions = t.Dict().tag(sync=True)  # {"0": [...], "1": [...]} style loss per content region
     region_colors = t.List().tag(sync=True)
     total_steps = t.Int(0).tag(sync=True)
@@ -40,6 +43,7 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
     timestep = t.Int(0).tag(sync=True)
     running = t.Bool(False).tag(sync=True)
     stop_requested = t.Bool(False).tag(sync=True)
+    stoppable = t.Bool(True).tag(sync=True)  # False while the run holds the kernel's main thread
     preview_png = t.Bytes(b"").tag(sync=True)
     preview_step = t.Int(0).tag(sync=True)
     log_scale = t.Bool(False).tag(sync=True)
@@ -52,15 +56,60 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
         self._buffer: dict = {}
         self._last_sent = 0.0
         self._started = 0.0
+        self._thread: threading.Thread | None = None
+        self.result = None  # what the last run started by run() returned
+        self.error: BaseException | None = None  # or raised
         self._reset()
         if history is not None:
             self.show(history)
+
+    # ------------------------------------------------------------------ running in a worker thread
+    def run(self, source, *args, **kwargs) -> None:
+        """Stylize in a worker thread with this monitor's callback, so that the kernel reads *Stop* meanwhile.
+
+        ``source``: a :class:`~stylegallery.Session` (runs ``session.run(*args, **kwargs)``, its stale stages up
+        to stylize) or a :class:`~stylegallery.StyleGallery` (runs ``pipe.stylize(*args, **kwargs)``). Returns at
+        once; :meth:`wait` returns the Stylization. An error shows in the monitor and :meth:`wait` raises it.
+        """
+        from stylegallery.session import Session
+
+        if self.busy:
+            raise StyleGalleryError("this monitor is watching a run already: wait() for it or stop it first")
+        function, pipe = (source.run, source.pipe) if isinstance(source, Session) else (source.stylize, source)
+        kwargs["callback"] = self.callback
+        self.result, self.error = None, None
+        self.start()
+
+        def work():
+            try:
+                with model_lock(pipe):
+                    self.result = function(*args, **kwargs)
+            except Exception as exc:  # shown in the view; wait() raises it
+                self.error = exc
+                self.running = False
+                self.status = f"⚠ {type(exc).__name__}: {exc}"
+
+        self._thread = start_thread(work, "stylegallery-loss-monitor")
+
+    @property
+    def busy(self) -> bool:
+        """True while a run started by :meth:`run` goes on."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None):
+        """Wait for the run started by :meth:`run` (at most ``timeout`` seconds); returns its result or raises its
+        error (None while it still runs)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None and not self.busy:
+            raise self.error
+        return None if self.busy else self.result
 
     # ------------------------------------------------------------------ the callback
     def _reset(self, total_steps: int = 0) -> None:
         self._buffer = {"steps": [], "total": [], "content": [], "style": [], "regions": {}}
         with self.hold_sync():
-            self.steps, self.total, self.content, self.style, self.regions = [], [], [], [], {}
+            self.steps, self.total, self.content, self.style_loss, self.regions = [], [], [], [], {}
             self.total_steps = total_steps
             self.step = 0
             self.stop_requested = False
@@ -83,6 +132,8 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
         """Record one :class:`~stylegallery.StepInfo`; returns True (stop) once Stop was pressed."""
         if not self.running or info.step <= self._buffer_step():
             self.start(info.total_steps)
+        if not self._buffer["steps"]:
+            self._note_thread()
         b = self._buffer
         b["steps"].append(int(info.step))
         b["total"].append(float(info.loss))
@@ -116,6 +167,30 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
 
     __call__ = callback
 
+    def _note_thread(self) -> None:
+        """At a run's first step: can the kernel read Stop meanwhile (not while the run holds its main thread)?"""
+        self.stoppable = threading.current_thread() is not threading.main_thread()
+        if not self.stoppable:
+            self._end_with_cell()
+
+    def _end_with_cell(self) -> None:
+        """A run on the kernel's main thread ends with its cell at the latest: the interrupt button stops stylize
+        without a last callback, so when the cell ends the view gets the steps recorded and stops showing a run."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            return
+
+        def ended(*_):
+            shell.events.unregister("post_run_cell", ended)
+            if self.running:
+                self._flush(self._buffer_step())
+                self.running = False
+                self.status = f"ended at step {self.step} of {self.total_steps}"
+
+        shell.events.register("post_run_cell", ended)
+
     def _buffer_step(self) -> int:
         return self._buffer["steps"][-1] if self._buffer["steps"] else 0
 
@@ -125,7 +200,7 @@ class LossMonitor(StaticReprMixin, anywidget.AnyWidget):
             self.steps = list(b["steps"])
             self.total = list(b["total"])
             self.content = list(b["content"])
-            self.style = list(b["style"])
+            self.style_loss = list(b["style"])
             self.regions = {k: list(v) for k, v in b["regions"].items()}
             colours = plot.region_palette(len(b["regions"]))
             self.region_colors = ["#%02x%02x%02x" % tuple(int(x) for x in c) for c in colours]

@@ -11,7 +11,7 @@ from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Matching
 
-from ._common import CSS, EditHooks, StaticReprMixin, esm, figure_png
+from ._common import CSS, EditHooks, StaticReprMixin, SyncGuard, check_idle, esm, figure_png
 
 PARTS = ("statistical", "semantic", "geometric")
 WEIGHT_NAMES = {"statistical": "statistical_weight", "semantic": "semantic_weight", "geometric": "geometric_weight"}
@@ -25,7 +25,7 @@ def _rows(tensor) -> list[list[float]]:
     return [[round(float(v), 5) for v in row] for row in tensor.detach().cpu().float().tolist()]
 
 
-class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
+class MatchMatrix(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
     """The match matrix of a :class:`~stylegallery.Matching`: content regions (rows) x every region of every
     reference (columns, grouped by reference), coloured by score.
 
@@ -78,7 +78,8 @@ class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
         return self._matching
 
     def _check_current(self) -> None:
-        """Edits go into the session only while it still holds the matches shown."""
+        """Edits go into the session only while it still holds the matches shown (and runs no stage)."""
+        check_idle(self._session)
         if self._session is None or self._session.matching is self._matching:
             return
         if self._session.matching is not None:
@@ -98,7 +99,12 @@ class MatchMatrix(StaticReprMixin, EditHooks, anywidget.AnyWidget):
         m = self._matching
         n_refs = max((c[0] for c in m.columns), default=-1) + 1
         per_ref = [sum(1 for c in m.columns if c[0] == j) for j in range(n_refs)]
-        names = self._names or [f"style {j + 1}" for j in range(n_refs)]
+        if self._names:
+            names = self._names
+        elif self._session is not None and self._session.prepared is not None:
+            names = plot.image_names(self._session.prepared.names)[1:]
+        else:
+            names = [f"style {j + 1}" for j in range(n_refs)]
         ref_colours = [_hex(plot.region_palette(n)) for n in per_ref]
         settings = m.settings or {}
         defaults = {"statistical": 0.25, "semantic": 1.0, "geometric": 0.125}

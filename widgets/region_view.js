@@ -240,10 +240,13 @@ function render({ model, el: root }) {
     }
     const sizes = model.get("sizes") || [];
     const total = sizes.reduce((a, b) => a + b, 0) || 1;
-    tip.textContent = `region ${region} · ${sizes[region]} px · ${((100 * sizes[region]) / total).toFixed(1)}%`;
+    // sizes count cells of the latent grid, each covering scale x scale pixels of the picture
+    const scale = bitmap ? Math.round(bitmap.width / grid()[1]) : 0;
+    const cell = scale > 1 ? ` (${scale}×${scale} image px each)` : "";
+    tip.textContent = `region ${region} · ${((100 * sizes[region]) / total).toFixed(1)}%\n${sizes[region]} latent px${cell}`;
     const rect = stage.getBoundingClientRect();
     tip.style.display = "block";
-    tip.style.left = `${Math.min(event.clientX - rect.left + 12, rect.width - 150)}px`;
+    tip.style.left = `${Math.max(0, Math.min(event.clientX - rect.left + 12, rect.width - tip.offsetWidth))}px`;
     tip.style.top = `${event.clientY - rect.top + 12}px`;
   }
 
@@ -265,6 +268,11 @@ function render({ model, el: root }) {
     status.textContent = "merging…";
     model.send({ type: "merge" });
   });
+  // the kernel answers every request, after its status (unchanged, e.g. the same merge twice, sends no change)
+  const onAnswer = (message) => {
+    if (message && message.type === "answered") status.textContent = model.get("status");
+  };
+  model.on("msg:custom", onAnswer);
 
   async function onImage() {
     bitmap = await loadPng(model.get("image_png"));
@@ -307,6 +315,7 @@ function render({ model, el: root }) {
 
   return () => {
     for (const [events, fn] of Object.entries(handlers)) events.split(" ").forEach((e) => model.off(e, fn));
+    model.off("msg:custom", onAnswer);
   };
 }
 

@@ -12,21 +12,27 @@ from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Prepared, Segmentation
 
-from ._common import CSS, EditHooks, StaticReprMixin, esm, figure_png, labels_array, overlay, png_bytes, to_image
+from ._common import (CSS, EditHooks, StaticReprMixin, SyncGuard, check_idle, esm, figure_png, labels_array, model_lock,
+                      overlay, png_bytes, to_image)
+
+# per session and image: the silhouette curve of the last automatic choice of k, kept to be shown once k is forced
+_CURVES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CURVE_SETTINGS = ("max_clusters", "n_components", "n_init", "silhouette_sample", "seed")
 
 
 def _hex(colours: np.ndarray) -> list[str]:
     return ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in colours]
 
 
-class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
+class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
     """An image with its region label map drawn over it on a canvas.
 
-    Hover shows a region's id and size; a click picks a region (``selected``; the last two picks are in
-    ``picked``); the slider sets the overlay's opacity. With two regions picked, *merge* joins the second into
-    the first (:meth:`Segmentation.merge`). With a session, the bar chart of the silhouette score per k
-    re-segments with that k (``n_clusters`` for this image) and merges go into the session
-    (:meth:`Session.replace`), making the later stages stale.
+    Hover shows a region's id and size (in latent pixels: cells of the latent grid, 8×8 image pixels each with
+    SD's VAE); a click picks a region (``selected``; the last two picks are in ``picked``); the slider sets the
+    overlay's opacity. With two regions picked, *merge* joins the second into the first
+    (:meth:`Segmentation.merge`). With a session, the bar chart of the silhouette score per k
+    re-segments with that k (``n_clusters`` for this image; the chart keeps the curve of the automatic choice) and
+    merges go into the session (:meth:`Session.replace`), making the later stages stale.
 
     Build from a :class:`~stylegallery.Session` (``RegionView(session, index=0)``), from results
     (``RegionView(prepared, segmentation, index=0)``) or from a picture and a label map (``RegionView(image, labels)``).
@@ -89,9 +95,8 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
         if not 0 <= self.index < len(segmentation.labels):
             raise StyleGalleryError(f"there is no image {self.index} (images 0..{len(segmentation.labels) - 1})")
         if title is None:
-            title = "content" if self.index == 0 else f"style {self.index}"
-            if self._image is not None:
-                title = ""
+            prepared = self._session.prepared if self._session is not None else self._prepared
+            title = "" if prepared is None else plot.image_names(prepared.names)[self.index]
         super().__init__(opacity=opacity, title=title, width=width, **kwargs)
         self._init_hooks()
         self.on_msg(self._on_message)
@@ -118,7 +123,8 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
         return labels_array(self.segmentation.labels[self.index])
 
     def _check_current(self) -> None:
-        """Edits go into the session only while it still holds the regions shown."""
+        """Edits go into the session only while it still holds the regions shown (and runs no stage)."""
+        check_idle(self._session)
         if self._session is None or self._session.segmentation is self._segmentation:
             return
         if self._session.segmentation is not None:
@@ -135,25 +141,38 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
         seg = self._segmentation
         labels = self.label_map()
         n = int(labels.max()) + 1
-        curve = seg.silhouette[self.index] if self.index < len(seg.silhouette) else {}
+        curve = {int(k): float(v) for k, v in (seg.silhouette[self.index] if self.index < len(seg.silhouette) else {}).items()}
         forced = 0
         if self._session is not None:
             value = self._session.value("n_clusters")
             value = value[self.index] if isinstance(value, (list, tuple)) and self.index < len(value) else value
             forced = int(value) if isinstance(value, (int, np.integer)) else 0
+            curve = self._full_curve(curve, forced)
         with self.hold_sync():
             self.image_png = png_bytes(self.image())
             self.grid = list(labels.shape)
             self.labels = labels.astype(np.uint8).tobytes()
             self.sizes = np.bincount(labels.ravel(), minlength=n).astype(int).tolist()
             self.colors = _hex(plot.region_palette(n))
-            self.silhouette = sorted([[int(k), float(v)] for k, v in curve.items()])
+            self.silhouette = sorted([k, v] for k, v in curve.items())
             self.chosen_k = int(seg.chosen_k[self.index]) if self.index < len(seg.chosen_k) else 0
             self.forced_k = forced
             self.can_segment = self._session is not None
             self.picked = [p for p in self.picked if p < n]
             if self.selected >= n:
                 self.selected = -1
+
+    def _full_curve(self, curve: dict[int, float], forced: int) -> dict[int, float]:
+        """The automatic run's curve with this run's scores over it, while k is forced; remembers automatic curves."""
+        session = self._session
+        key = (id(session.inversion),) + tuple(session.value(name) for name in _CURVE_SETTINGS)
+        kept = _CURVES.setdefault(session, {})
+        if not forced:
+            kept[self.index] = (key, curve)
+            return curve
+        if self.index in kept and kept[self.index][0] == key:
+            return {**kept[self.index][1], **curve}
+        return curve
 
     # ------------------------------------------------------------------ edits
     def pick(self, region: int) -> None:
@@ -194,6 +213,17 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
         if self._session is None:
             raise StyleGalleryError("choosing k re-runs the segment stage: build the RegionView from a Session")
         session = self._session
+        check_idle(session)
+        lock = model_lock(session.pipe)
+        if not lock.acquire(blocking=False):
+            raise StyleGalleryError("another run is using the model: choose k when it has finished")
+        try:
+            return self._segment_with(k)
+        finally:
+            lock.release()
+
+    def _segment_with(self, k: int | None) -> Segmentation:
+        session = self._session
         count = len(session.styles) + 1
         current = session.value("n_clusters")
         forced = list(current) if isinstance(current, (list, tuple)) else [current] * count
@@ -226,6 +256,8 @@ class RegionView(StaticReprMixin, EditHooks, anywidget.AnyWidget):
                 self.set_k(content.get("k") or None)
         except StyleGalleryError as exc:
             self.status = f"⚠ {exc}"
+        finally:  # the view shows "merging…" until this answer, then the status (which may not have changed)
+            self.send({"type": "answered"})
 
     # ------------------------------------------------------------------ static picture
     def _repr_png_(self) -> bytes:
