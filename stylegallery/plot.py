@@ -9,7 +9,7 @@ existing axes instead (the figure returned is then that axes' figure).
 from __future__ import annotations
 
 import io
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,15 +17,17 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Circle, Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 from PIL import Image
 
+from .matching import enclosing_circles
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 
 __all__ = [
-    "before_after", "feature_pca", "loss_curves", "match_matrix", "match_parts", "matched_pairs", "overlay_array",
-    "pca_image", "region_overlay", "region_palette", "silhouette_curve", "trajectory", "upsample_labels",
+    "before_after", "feature_pca", "image_names", "loss_curves", "match_circles", "match_matrix", "match_parts",
+    "matched_pairs", "overlay_array", "pca_image", "region_overlay", "region_palette", "silhouette_curve",
+    "trajectory", "upsample_labels",
 ]
 
 PARTS = ("score", "statistical", "semantic", "geometric")
@@ -94,10 +96,25 @@ def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
+def image_names(names: Sequence[str]) -> list[str]:
+    """Short names for the images of ``Prepared.names`` (content first): each file name without its extension and
+    a leading ``content_`` or ``style_`` (``style_brick.jpg`` -> ``brick``); ``content`` and ``style 1``, ... for
+    images given in memory."""
+    short = []
+    for index, name in enumerate(names):
+        stem = "" if name in ("", "image") else name.rsplit(".", 1)[0].removeprefix("content_").removeprefix("style_")
+        short.append(stem or ("content" if index == 0 else f"style {index}"))
+    return short
+
+
 def _title(prepared: Prepared, index: int) -> str:
-    base = "content" if index == 0 else f"style {index}"
-    name = prepared.names[index]
-    return base if not name or name == "image" else f"{base}: {name}"
+    name = image_names(prepared.names)[index]
+    return name if index or name == "content" else f"content: {name}"
+
+
+def _reference(names: Sequence[str] | None, reference: int) -> str:
+    """Name of style image ``reference`` (0 = the first reference)."""
+    return names[reference] if names else f"style {reference + 1}"
 
 
 def _label_spot(mask: np.ndarray) -> tuple[float, float]:
@@ -260,11 +277,14 @@ def trajectory(inversion: Inversion, index: int = 0, count: int = 6,
 
 
 # ---------------------------------------------------------------------------------------------- matching
-def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None) -> Figure:
+def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None,
+                 names: Sequence[str] | None = None) -> Figure:
     """Heatmap of content regions (rows) against the regions of all references (columns, grouped by reference).
 
     The match of each row is outlined (red: best score; orange dashed: overridden by the user); a row kept
     as content (match ``None``) is hatched grey instead. ``part``: score, statistical, semantic or geometric.
+    ``names``: the references' names over their columns (e.g. ``image_names(prepared.names)[1:]``; default
+    style 1, style 2, ...).
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)} (got {part!r})")
@@ -290,7 +310,7 @@ def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None
     for a, b in zip(starts, starts[1:] + [cols]):
         if a:
             ax.axvline(a - 0.5, color="white", linewidth=3, zorder=0.5)
-        ax.text((a + b - 1) / 2, 1.01, f"style {references[a] + 1}", transform=top, ha="center", va="bottom",
+        ax.text((a + b - 1) / 2, 1.01, _reference(names, references[a]), transform=top, ha="center", va="bottom",
                 fontsize=9, fontweight="bold")
     ax.set_xticks(range(cols), [str(region) for _, region in columns], fontsize=8)
     ax.set_xlabel("style region")
@@ -326,15 +346,34 @@ def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None
     return fig
 
 
-def match_parts(matching: Matching) -> Figure:
-    """Four heatmaps: the score and its statistical, semantic and geometric parts."""
+def match_parts(matching: Matching, names: Sequence[str] | None = None) -> Figure:
+    """Four heatmaps: the score and its statistical, semantic and geometric parts (``names``: as in match_matrix)."""
     rows, cols = matching.score.shape
     fig, axes = _new((2 * max(4.5, 0.75 * cols + 2.5), 2 * max(3.0, 0.6 * rows + 1.8)), 2, 2)
     for ax, part in zip(axes.ravel(), PARTS):
-        match_matrix(matching, part, ax=ax)
+        match_matrix(matching, part, ax=ax, names=names)
     fig.suptitle("match matrix: score = " + " + ".join(
         f"{matching.settings.get(p + '_weight', 1):g} x {p}" for p in PARTS[1:]), fontsize=11)
     return fig
+
+
+def _partners(matching: Matching, n_content: int) -> dict[tuple[int, int], list[int]]:
+    """(image, region) -> the content regions drawn there: each matched content region and its partner."""
+    assigned: dict[tuple[int, int], list[int]] = {}
+    for r in range(n_content):
+        if r < len(matching.matches) and matching.matches[r] is not None:
+            reference, region = matching.matches[r]
+            assigned.setdefault((0, r), []).append(r)
+            assigned.setdefault((reference + 1, int(region)), []).append(r)
+    return assigned
+
+
+def _label(ax: Axes, labels: np.ndarray, region: int, shape: tuple[int, int], text: str, colour) -> None:
+    """``text`` in a box of ``colour`` at the point deepest inside ``region`` of the grid ``labels``, on an
+    image of ``shape`` (H, W)."""
+    row, col = _label_spot(labels == region)
+    ax.text((col + 0.5) * shape[1] / labels.shape[1], (row + 0.5) * shape[0] / labels.shape[0], text, ha="center",
+            va="center", fontsize=10, fontweight="bold", color="white", bbox=_text_box(colour))
 
 
 def matched_pairs(prepared: Prepared, segmentation: Segmentation, matching: Matching) -> Figure:
@@ -343,17 +382,13 @@ def matched_pairs(prepared: Prepared, segmentation: Segmentation, matching: Matc
     Regions not involved in any match are faded; numbers name the content region(s) each area belongs to.
     """
     count = len(prepared.names)
+    names = image_names(prepared.names)
     labels = [_numpy(segmentation.labels[i]).astype(np.int64) for i in range(count)]
     n_content = int(labels[0].max()) + 1
     palette = region_palette(n_content)
-    assigned: dict[tuple[int, int], list[int]] = {}  # (image, region) -> content regions drawn there
-    for r in range(n_content):
-        if r < len(matching.matches) and matching.matches[r] is not None:
-            reference, region = matching.matches[r]
-            assigned.setdefault((0, r), []).append(r)
-            assigned.setdefault((reference + 1, int(region)), []).append(r)
-
-    fig, axes = _new((3.3 * count, 3.9), 1, count)
+    assigned = _partners(matching, n_content)
+    columns = min(n_content, 3)
+    fig, axes = _new((max(3.3 * count, 9.0), 3.9 + 0.3 * -(-n_content // columns)), 1, count)
     for i, ax in enumerate(axes[0]):
         rgb = _rgb(prepared.pixels[i]).astype(np.float64)
         full = upsample_labels(labels[i], rgb.shape[:2])
@@ -362,13 +397,10 @@ def matched_pairs(prepared: Prepared, segmentation: Segmentation, matching: Matc
         for region, owners in mine:
             mask = full == region
             out[mask] = 0.4 * rgb[mask] + 0.6 * palette[owners[0]]
-            row, col = _label_spot(labels[i] == region)
-            scale_r, scale_c = rgb.shape[0] / labels[i].shape[0], rgb.shape[1] / labels[i].shape[1]
-            ax.text((col + 0.5) * scale_c, (row + 0.5) * scale_r, ",".join(str(o) for o in owners), ha="center",
-                    va="center", fontsize=10, fontweight="bold", color="white", bbox=_text_box(palette[owners[0]] / 255))
+            _label(ax, labels[i], region, rgb.shape[:2], ",".join(str(o) for o in owners), palette[owners[0]] / 255)
         ax.imshow(np.clip(np.round(out), 0, 255).astype(np.uint8))
         _outline(ax, full, [region for region, _ in mine], [palette[owners[0]] / 255 for _, owners in mine], 2.5)
-        ax.set_title(_title(prepared, i), fontsize=10)
+        ax.set_title(_title(prepared, i), fontsize=11)
         ax.set_axis_off()
 
     handles = []
@@ -378,8 +410,43 @@ def matched_pairs(prepared: Prepared, segmentation: Segmentation, matching: Matc
             handles.append(Patch(facecolor="#f0f0f0", edgecolor=KEEP_COLOUR, label=f"{r}: keep content"))
         else:
             tag = " (override)" if r in matching.overridden else ""
-            handles.append(Patch(facecolor=palette[r] / 255, label=f"{r} -> style {match[0] + 1}, region {match[1]}{tag}"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+            label = f"{r} -> {names[match[0] + 1]}, region {match[1]}{tag}"
+            handles.append(Patch(facecolor=palette[r] / 255, label=label))
+    fig.legend(handles=handles, loc="outside lower center", ncol=columns, fontsize=11, frameon=False,
+               handlelength=1.5, columnspacing=2.0)
+    return fig
+
+
+def match_circles(prepared: Prepared, segmentation: Segmentation, matching: Matching) -> Figure:
+    """The geometric part drawn: the enclosing circle (``matching.enclosing_circles``) of every matched content
+    region and of its partner, in the content region's colour, with a + at the centre.
+
+    Circles are clipped to the picture; each number sits inside its region and names the content region(s)
+    matched there.
+    """
+    count = len(prepared.names)
+    labels = [_numpy(segmentation.labels[i]).astype(np.int64) for i in range(count)]
+    n_content = int(labels[0].max()) + 1
+    palette = region_palette(n_content) / 255
+    fig, axes = _new((3.3 * count, 3.6), 1, count)
+    for i, ax in enumerate(axes[0]):
+        rgb = _rgb(prepared.pixels[i])
+        height, width = rgb.shape[:2]
+        ax.imshow(rgb)
+        scale = height / labels[i].shape[0]
+        circles = enclosing_circles(torch.from_numpy(labels[i])).numpy() * labels[i].shape[0]  # grid units
+        for (image, region), owners in _partners(matching, n_content).items():
+            if image != i:
+                continue
+            cy, cx, radius = (circles[region] + [0.5, 0.5, 0.0]) * scale - [0.5, 0.5, 0.0]
+            colour = palette[owners[0]]
+            ax.add_patch(Circle((cx, cy), radius, fill=False, linewidth=2.5, edgecolor=colour))
+            ax.plot([cx], [cy], marker="+", markersize=10, markeredgewidth=2, color=colour)
+            _label(ax, labels[i], region, (height, width), ",".join(str(o) for o in owners), colour)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        ax.set_title(_title(prepared, i), fontsize=11)
+        ax.set_axis_off()
     return fig
 
 

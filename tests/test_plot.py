@@ -1,6 +1,7 @@
 """The static figures of stylegallery.plot, drawn from real (tiny-model) stage results."""
 
 import copy
+import dataclasses
 import subprocess
 import sys
 
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Circle, Rectangle
 from PIL import Image
 
 from stylegallery import plot
+from stylegallery.matching import enclosing_circles
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +176,51 @@ def test_matched_pairs_colour_each_pair_alike(staged):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert len(legend) == seg.n_regions(0)
     assert legend[r] == f"{r} -> style {reference + 1}, region {region}"
+
+
+def test_image_names_are_the_short_file_names():
+    names = ["content_astronaut.jpg", "style_brick.jpg", "my.photo.png", "image", ""]
+    assert plot.image_names(names) == ["astronaut", "brick", "my.photo", "style 3", "style 4"]
+    assert plot.image_names(["image", "image"]) == ["content", "style 1"]  # images given in memory
+
+
+def test_figures_name_the_references_as_the_tables_do(staged):
+    prepared, _, seg, matching, result = staged
+    named = dataclasses.replace(prepared, names=["content_cat.jpg", "style_brick.jpg", "style_grass.png"])
+    titles = [ax.get_title() for ax in plot.before_after(named, result).axes]
+    assert titles[0] == "content: cat" and titles[2:] == ["brick", "grass"]
+    fig = plot.matched_pairs(named, seg, matching)
+    assert [ax.get_title() for ax in fig.axes] == ["content: cat", "brick", "grass"]
+    legend = fig.legends[0]
+    reference, region = matching.matches[0]
+    assert legend.get_texts()[0].get_text() == f"0 -> {['brick', 'grass'][reference]}, region {region}"
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 10  # as large as the panel labels
+    texts = [t.get_text() for t in plot.match_matrix(matching, names=["brick", "grass"]).axes[0].texts]
+    assert "brick" in texts and "grass" in texts and "style 1" not in texts
+    parts = plot.match_parts(matching, names=["brick", "grass"])
+    assert all("brick" in [t.get_text() for t in ax.texts] for ax in parts.axes if ax.get_images())
+
+
+def test_match_circles_stay_inside_the_pictures_with_one_label_per_region(staged):
+    prepared, _, seg, matching, _ = staged
+    fig = plot.match_circles(prepared, seg, matching)
+    axes = [ax for ax in fig.axes if ax.get_images()]
+    assert len(axes) == 1 + prepared.n_styles
+    for i, ax in enumerate(axes):
+        assert ax.get_xlim() == (-0.5, 255.5) and ax.get_ylim() == (255.5, -0.5)  # circles are cut at the edge
+        full = plot.upsample_labels(seg.labels[i], (256, 256))
+        spots = [tuple(np.round(t.get_position()).astype(int)) for t in ax.texts]
+        assert len(set(spots)) == len(spots)  # no label on top of another
+        for text, (x, y) in zip(ax.texts, spots):
+            owners = [int(o) for o in text.get_text().split(",")]
+            expected = owners[0] if i == 0 else matching.matches[owners[0]][1]
+            assert full[y, x] == expected  # the label sits inside the region it names
+        circles = [p for p in ax.patches if isinstance(p, Circle)]
+        assert len(circles) == len(ax.texts) and all(c.get_clip_on() for c in circles)
+    content = [p for p in axes[0].patches if isinstance(p, Circle)]
+    cy, cx, radius = (enclosing_circles(seg.labels[0])[0] * 32).tolist()  # grid units (a 32 x 32 grid)
+    np.testing.assert_allclose([*content[0].center, content[0].radius], [cx * 8 + 3.5, cy * 8 + 3.5, radius * 8],
+                               atol=1e-4)
 
 
 def test_loss_curves_have_total_content_and_each_region(staged):
