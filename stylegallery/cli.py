@@ -26,10 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-semantic", action="store_true", help="match without DINOv2")
     run.add_argument("--no-depth", action="store_true", help="segment without depth refinement")
     run.add_argument("--size", type=int, default=512, help="working size, a multiple of 64 (512)")
-    run.add_argument("--steps", type=int, default=150, help="optimization timesteps (150)")
+    run.add_argument("--steps", type=int, default=None, help="optimization timesteps (150; fast: 28)")
+    run.add_argument("--iters", type=int, default=None, help="Adam steps per timestep (1; fast: 3)")
     run.add_argument("--inversion-steps", type=int, default=15, help="DDIM inversion steps (15)")
-    run.add_argument("--c-ratio", type=float, default=0.26, help="content loss weight (0.26)")
-    run.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (0.05)")
+    run.add_argument("--c-ratio", type=float, default=None, help="content loss weight (0.26; fast: 0.33 lcm, 0.38 hyper-sd)")
+    run.add_argument("--lr", type=float, default=None, help="Adam learning rate (0.05; fast: 0.25 lcm, 0.15 hyper-sd)")
+    run.add_argument("--fast", nargs="?", const="lcm", choices=("lcm", "hyper-sd"), default=None,
+                     help="the authors' accelerated variant: a step-distilled LoRA fused for stylize with its "
+                          "scheduler and settings (lcm: LCM-LoRA, the default; hyper-sd: Hyper-SD 4-step)")
+    run.add_argument("--lora", metavar="ID|DIR|FILE", default=None,
+                     help="LoRA for stylize (Hub id, folder or .safetensors file); with --fast it replaces the preset's")
+    run.add_argument("--lora-weight-name", default=None, help="file name of the LoRA inside its Hub repo or folder")
     run.add_argument("--max-clusters", type=int, default=10, help="largest k tried when clustering (10)")
     run.add_argument("--region-attention", choices=("zeroed", "masked"), default="zeroed",
                      help="zeroed: the authors' region masking (default); masked: ours, attention only inside the region")
@@ -42,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--save-regions", metavar="DIR", help="write each image's region map as a PNG here")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    make = sub.add_parser("make-test-model", help="write tiny random-weight models to DIR/sd, DIR/dinov2, DIR/depth")
+    make = sub.add_parser("make-test-model", help="write tiny random-weight models to DIR/sd, DIR/dinov2, DIR/depth and a LoRA to DIR/lora")
     make.add_argument("folder")
     make.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
     return parser
@@ -72,7 +79,7 @@ def _run(args) -> None:
     from .results import region_png, write_atomic
 
     check_settings(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters,
-                   steps=args.steps, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed)
+                   steps=args.steps, iters=args.iters, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed)
 
     outputs = _outputs(args)
     existing = [str(p) for p in outputs if p.exists()]
@@ -89,16 +96,19 @@ def _run(args) -> None:
         depth_model=False if args.no_depth else args.depth_model,
         device=args.device,
         torch_dtype=args.dtype,
+        lora=args.lora,
+        lora_weight_name=args.lora_weight_name,
     )
     if args.low_memory and pipe.device.type != "cpu":
         pipe.enable_model_cpu_offload(pipe.device)
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipe.device)
+    chosen = {k: v for k, v in dict(steps=args.steps, iters=args.iters, c_ratio=args.c_ratio, lr=args.lr).items()
+              if v is not None}
     out = pipe(
-        args.content, args.styles, size=args.size, steps=args.steps, inversion_steps=args.inversion_steps,
-        c_ratio=args.c_ratio, lr=args.lr, max_clusters=args.max_clusters, seed=args.seed,
-        region_attention=args.region_attention, use_depth=not args.no_depth, progress=not args.quiet,
-        gradient_checkpointing=args.low_memory,
+        args.content, args.styles, preset=args.fast, size=args.size, inversion_steps=args.inversion_steps,
+        max_clusters=args.max_clusters, seed=args.seed, region_attention=args.region_attention,
+        use_depth=not args.no_depth, progress=not args.quiet, gradient_checkpointing=args.low_memory, **chosen,
     )
     write_atomic(args.output, lambda tmp: out.image.save(tmp, format=_image_format(args.output)))
     if args.save_regions:
@@ -112,8 +122,10 @@ def _run(args) -> None:
             "test_models": pipe.test_models,
             "device": str(pipe.device),
             "dtype": str(pipe.dtype).replace("torch.", ""),
-            "settings": {k: getattr(args, k) for k in ("size", "steps", "inversion_steps", "c_ratio", "lr",
-                                                        "max_clusters", "region_attention", "seed")},
+            "settings": dict(
+                {k: getattr(args, k) for k in ("size", "inversion_steps", "max_clusters", "region_attention", "seed")},
+                fast=args.fast, **{k: out.stylization.settings[k] for k in ("steps", "iters", "lr", "c_ratio", "scheduler")}),
+            "lora": out.stylization.settings["lora"],
             "regions": {name: out.segmentation.n_regions(i) for i, name in enumerate(["content"] + [f"style{j + 1}" for j in range(out.prepared.n_styles)])},
             "silhouette": out.segmentation.silhouette,
             "matches": out.matching.table(),
@@ -152,7 +164,7 @@ def _main(args) -> int:
             from .testing import make_test_models
 
             make_test_models(args.folder, args.arch)
-            print(f"wrote test models ({args.arch}) to {args.folder}/sd, {args.folder}/dinov2, {args.folder}/depth")
+            print(f"wrote test models ({args.arch}) to {args.folder}/sd, {args.folder}/dinov2, {args.folder}/depth, {args.folder}/lora")
         else:
             _run(args)
     except (StyleGalleryError, FileExistsError) as exc:

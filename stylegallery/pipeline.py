@@ -9,6 +9,7 @@ import numbers
 import os
 import time
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -21,12 +22,14 @@ from . import matching as M
 from .attention import feature_block_index, install_recorder
 from .cache import TensorCache, cache_key
 from .errors import StyleGalleryError
+from .fast import SCHEDULERS, FusedLora, Preset, get_preset, optimization_timesteps, read_lora
 from .images import check_size, fit_to_size, load_image
 from .inversion import aggregate_features, invert, temporal_weights
 from .models import (
-    DEFAULT_DEPTH_MODEL, DEFAULT_MODEL, DEFAULT_SEMANTIC_MODEL, TEST_MODEL_NAMES, Backbone, ModelUnavailable,
+    DEFAULT_DEPTH_MODEL, DEFAULT_MODEL, DEFAULT_SEMANTIC_MODEL, TEST_MODEL_NAMES, Backbone, ModelUnavailable, _load,
     load_backbone, load_depth, load_semantic, resolve_device, resolve_dtype, test_model_folder,
 )
+from .preview import DEFAULT_TINY_VAE, PREVIEWS, linear_preview, tiny_vae_preview
 from .progress import tqdm
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization, to_pixels
 from .segmentation import segment_features
@@ -46,7 +49,7 @@ _LIMITS = {
     "depth_merge_threshold": (0, False, False), "depth_difference": (0, False, False),
     "statistical_weight": (0, False, False), "semantic_weight": (0, False, False),
     "geometric_weight": (0, False, False), "block_threshold": (0, False, False), "semantic_size": (14, False, True),
-    "seed": (0, False, True),
+    "seed": (0, False, True), "start_step": (0, False, True),
 }
 
 
@@ -61,9 +64,10 @@ def check_settings(**settings) -> None:
         if name == "size":
             check_size(value)
             continue
-        if name == "region_attention":
-            if value not in REGION_ATTENTION_MODES:
-                raise StyleGalleryError(f"region_attention must be one of {', '.join(REGION_ATTENTION_MODES)} (got {value!r})")
+        choices = {"region_attention": REGION_ATTENTION_MODES, "scheduler": SCHEDULERS, "preview": PREVIEWS}.get(name)
+        if choices is not None:
+            if value not in choices:
+                raise StyleGalleryError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
             continue
         low, strict, whole = _LIMITS.get(name, (None, False, False))
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or (whole and not isinstance(value, numbers.Integral)):
@@ -155,6 +159,10 @@ class StyleGallery:
         # run) takes a core, and stylize steps got 3 to 5 times slower on a 2-core machine.
         self.cpu_threads: int | None = _spare_core_threads()
         self._offload_hooks: list = []
+        self.lora: FusedLora | None = None  # see load_lora_weights
+        self._lora_preset: str | None = None  # the preset that loaded self.lora, if one did
+        self._test_folder = None
+        self._tiny_vae = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -167,12 +175,15 @@ class StyleGallery:
         device: str = "auto",
         torch_dtype: str | torch.dtype = "auto",
         cache: TensorCache | None = None,
+        lora: str | None = None,
+        lora_weight_name: str | None = None,
     ) -> "StyleGallery":
         """Load the backbone (Hub id or diffusers folder; ``tiny``/``sd15`` = random-weight test models).
 
         ``None`` means the default model. Only the default falls back, with a warning, to the tiny test models
         when it cannot be loaded (no network and no local copy); a model you name never falls back.
         ``semantic_model`` / ``depth_model``: ``False`` switches DINOv2 / Depth Anything off.
+        ``lora``: a LoRA (Hub id, folder or file) for stylize, see :meth:`load_lora_weights`.
         """
         device = resolve_device(device)
         dtype = resolve_dtype(torch_dtype, device)
@@ -208,7 +219,70 @@ class StyleGallery:
                 extras[kind] = loader(name or defaults[kind], device)
         pipe = cls(backbone, extras["semantic"], extras["depth"], cache=cache)
         pipe.test_models = test_folder is not None
+        pipe._test_folder = test_folder
+        if lora is not None:
+            pipe.load_lora_weights(lora, weight_name=lora_weight_name)
         return pipe
+
+    # ------------------------------------------------------------------ fast mode
+    def load_lora_weights(self, source: str, *, weight_name: str | None = None) -> "StyleGallery":
+        """Load a LoRA for stylize through diffusers' LoRA loading (peft backend), replacing any loaded one.
+
+        ``source``: Hub id, folder, or ``.safetensors`` file (diffusers, peft or Kohya format; UNet LoRAs such
+        as LCM-LoRA and Hyper-SD). As in the release, the LoRA is fused into the UNet for stylize only; the
+        inversion, and so clustering and matching, run on the base model. Every stylize cache key includes
+        the LoRA's hash. A LoRA that cannot be loaded is an error, never a silent run without it.
+        """
+        path = Path(str(source)).expanduser()
+        if path.is_file():
+            try:
+                state = read_lora(str(path), None, True)
+            except (OSError, ValueError, KeyError) as exc:
+                raise StyleGalleryError(f"cannot read the LoRA file {path}: {str(exc).strip().splitlines()[0]}") from None
+        else:
+            state = _load("LoRA", str(source), lambda src, local: read_lora(src, weight_name, local))
+        self.unload_lora_weights()
+        self.lora = FusedLora(self.unet, *state)
+        self._lora_preset = None
+        return self
+
+    def unload_lora_weights(self) -> "StyleGallery":
+        """Remove the LoRA: the UNet is the base model again, bit for bit."""
+        if self.lora is not None:
+            self.lora.unload()
+        self.lora, self._lora_preset = None, None
+        return self
+
+    def use_preset(self, name: str) -> dict:
+        """Get ready for a preset (``fast`` = ``lcm``, or ``hyper-sd``; see :data:`stylegallery.fast.PRESETS`)
+        and return its stylize settings.
+
+        Loads the preset's LoRA unless a LoRA of your own is loaded (which is kept). With the random-weight
+        test models the preset uses their random LoRA instead of the Hub's.
+        """
+        preset = get_preset(name)
+        if self.lora is None or (self._lora_preset is not None and self._lora_preset != preset.name):
+            self._load_preset_lora(preset)
+        return preset.settings()
+
+    def _load_preset_lora(self, preset: Preset) -> None:
+        if self._test_folder is not None:
+            self.load_lora_weights(str(self._test_folder / "lora"))
+        else:
+            self.load_lora_weights(preset.lora, weight_name=preset.weight_name)
+        self._lora_preset = preset.name
+
+    @property
+    def stylize_model(self) -> str:
+        """Fingerprint of the model stylize runs: the backbone's, combined with the LoRA's hash if one is loaded."""
+        if self.lora is None:
+            return self.backbone.fingerprint
+        return cache_key(model=self.backbone.fingerprint, lora=self.lora.info.digest)[:16]
+
+    def _use_lora(self, on: bool) -> None:
+        """Fuse the loaded LoRA (stylize) or restore the base UNet (inversion); no-op when already so."""
+        if self.lora is not None:
+            self.lora.fuse() if on else self.lora.unfuse()
 
     def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> "StyleGallery":
         """Keep the models in CPU memory; each moves to ``device`` when a stage first runs it and back when the
@@ -271,6 +345,7 @@ class StyleGallery:
         missing = [i for i, entry in enumerate(found) if entry is None]
         timesteps = None
         if missing:
+            self._use_lora(False)
             bar = tqdm(total=inversion_steps, desc="invert", disable=not progress, leave=False)
             latents = prepared.latents[missing]
             embedding = self.backbone.embedding.expand(len(missing), -1, -1)
@@ -442,7 +517,7 @@ class StyleGallery:
         """Content queries and style keys/values of the loss layers at timestep ``t``, cached per image."""
         grid = tuple(prepared.latents.shape[-2:])
         roles = ["content"] + ["style"] * prepared.n_styles
-        keys = [cache_key(kind="attention", model=self.backbone.fingerprint, image=h, grid=grid, t=int(t),
+        keys = [cache_key(kind="attention", model=self.stylize_model, image=h, grid=grid, t=int(t),
                           layers=layers, role=role, dtype=str(self.dtype), precision=str(precision))
                 for h, role in zip(prepared.hashes, roles)]
         entries = [self.feature_cache.get(k, self.device, self.dtype) for k in keys]
@@ -468,6 +543,26 @@ class StyleGallery:
         decoded = self.vae.decode(latent.to(self.device, self.dtype) / self.vae.config.scaling_factor).sample
         return to_pixels(decoded[0])
 
+    def load_tiny_vae(self, name: str = DEFAULT_TINY_VAE):
+        """Load diffusers' ``AutoencoderTiny`` (Hub id or folder) for ``preview="tiny-vae"`` previews."""
+        from diffusers import AutoencoderTiny
+
+        model = _load("preview", name, lambda p, local: AutoencoderTiny.from_pretrained(p, local_files_only=local))
+        self._tiny_vae = model.requires_grad_(False).eval().to(self.device, self.dtype)
+        return self._tiny_vae
+
+    def preview(self, latent: torch.Tensor, kind: str = "linear") -> Image.Image:
+        """A picture of a stylize latent: ``linear`` (SD 1.5's fixed latent-to-RGB map, at the latent's
+        resolution, next to free), ``tiny-vae`` (``AutoencoderTiny``, loaded on first use) or ``vae`` (a full
+        decode, as the final image)."""
+        check_settings(preview=kind)
+        if kind == "linear":
+            return linear_preview(latent)
+        if kind == "tiny-vae":
+            decoder = self._tiny_vae if self._tiny_vae is not None else self.load_tiny_vae()
+            return tiny_vae_preview(decoder, latent, self.vae.config.scaling_factor)
+        return Image.fromarray(self.decode(latent).permute(1, 2, 0).numpy())
+
     @_stage
     def stylize(
         self,
@@ -480,46 +575,65 @@ class StyleGallery:
         iters: int = 1,
         lr: float = 0.05,
         c_ratio: float = 0.26,
+        scheduler: str = "ddim",
         query_scale: float = 1.5,
         region_attention: str = "zeroed",
         loss_layers: Sequence[int] | None = None,
         feature_precision: torch.dtype = torch.float16,
         gradient_checkpointing: bool = False,
+        init: Stylization | None = None,
+        start_step: int | None = None,
         callback: Callable[[StepInfo], bool | None] | None = None,
         preview_every: int = 0,
+        preview: str = "linear",
         progress: bool = True,
     ) -> Stylization:
         """Optimize the content's inverted latent under ``style loss + c_ratio * content loss``, then decode.
 
-        ``steps``: scheduler timesteps from noisy to clean (150); ``iters``: Adam steps per timestep (1);
-        ``lr``: Adam learning rate (0.05); ``c_ratio``: content-loss weight (0.26); ``query_scale``: scale of
-        the current latent's queries in the target attention (1.5); ``region_attention``: ``"zeroed"`` (the
-        authors' masking, with which the paper tuned ``c_ratio`` and ``lr``; default) or ``"masked"`` (ours:
-        queries attend only inside their matched region); ``loss_layers``: self-attention call indices (default:
-        decoder layers at the two highest resolutions); ``feature_precision``: dtype the content and reference
-        attention features are rounded to and cached in (half precision by default, cached or not, so a re-run
-        gives the same image for any setting).
+        ``steps``: timesteps from noisy to clean (150); ``iters``: Adam steps per timestep (1); ``lr``: Adam
+        learning rate (0.05); ``c_ratio``: content-loss weight (0.26); ``scheduler``: whose timesteps, ``"ddim"``
+        (the paper's), ``"lcm"`` or ``"euler-trailing"`` (for the fast presets, see :meth:`use_preset`);
+        ``query_scale``: scale of the current latent's queries in the target attention (1.5);
+        ``region_attention``: ``"zeroed"`` (the authors' masking, with which the paper tuned ``c_ratio`` and
+        ``lr``; default) or ``"masked"`` (ours: queries attend only inside their matched region);
+        ``loss_layers``: self-attention call indices (default: decoder layers at the two highest resolutions);
+        ``feature_precision``: dtype the content and reference attention features are rounded to and cached in
+        (half precision by default, cached or not, so a re-run gives the same image for any setting).
 
         The style target of each matched region is the attention of the current latent's own queries (from the
         gradient pass, detached, times ``query_scale``) over the matched style region's keys and values,
         recomputed at every iteration (DESIGN.md stage 4); the clean content's queries feed the content loss only.
         The reported style loss leaves out the rows outside the regions (a constant without gradient that the
-        release adds under ``"zeroed"``). ``callback(info)`` runs after every step; returning True stops early and keeps the
-        current latent, as does a KeyboardInterrupt. ``preview_every``: decode a preview into ``info.preview`` every N steps (0 = never).
+        release adds under ``"zeroed"``). A loaded LoRA (:meth:`load_lora_weights`) is fused for this stage.
+
+        Warm re-run (ours): ``init`` = an earlier result of the same images continues from its latent and runs
+        only the timesteps from index ``start_step`` on, with a fresh Adam. By default an ``init`` that was
+        stopped early resumes where it stopped (same ``steps``, ``iters`` and ``scheduler``), and a finished one
+        is refined over the last 30% of the timesteps.
+
+        ``callback(info)`` runs after every step; returning True stops early and keeps the current latent, as
+        does a KeyboardInterrupt. ``preview_every``: put a picture of the latent in ``info.preview`` every N steps
+        (0 = never), made by ``preview`` (see :meth:`preview`; ``"linear"`` costs next to nothing).
         """
-        check_settings(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, query_scale=query_scale,
-                       region_attention=region_attention, preview_every=preview_every)
+        check_settings(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, query_scale=query_scale, scheduler=scheduler,
+                       region_attention=region_attention, preview_every=preview_every, preview=preview,
+                       start_step=start_step)
         self._check_model(prepared)
         layers = sorted(self.default_loss_layers if loss_layers is None else loss_layers)
         labels = segmentation.labels
         n_regions = segmentation.n_regions(0)
         if len(matching.matches) != n_regions:
             raise StyleGalleryError("the matching does not belong to this segmentation: run match again")
-        self.scheduler.set_timesteps(steps)
-        timesteps = [int(t) for t in self.scheduler.timesteps]
+        timesteps = optimization_timesteps(scheduler, self.scheduler, steps)
+        start = _start_index(init, start_step, prepared, steps, iters, scheduler)
+        self._use_lora(True)
 
-        z_t = inversion.final_latents[:1].to(self.device, torch.float32)
-        z = ((z_t - z_t.mean(1, keepdim=True)) / (z_t.std(1, keepdim=True) + 1e-8)).requires_grad_(True)
+        if init is None:
+            z_t = inversion.final_latents[:1].to(self.device, torch.float32)
+            z = (z_t - z_t.mean(1, keepdim=True)) / (z_t.std(1, keepdim=True) + 1e-8)
+        else:
+            z = init.latent.to(self.device, torch.float32).clone()
+        z.requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=lr)
         self.unet.train(gradient_checkpointing)  # checkpointing in diffusers is active in training mode only
         if gradient_checkpointing:
@@ -529,11 +643,11 @@ class StyleGallery:
         history: list[dict] = []
         stopped = False
         total = steps * iters
-        bar = tqdm(total=total, desc="stylize", disable=not progress, leave=False)
+        bar = tqdm(total=total, initial=start * iters, desc="stylize", disable=not progress, leave=False)
         embedding = self.backbone.embedding
         try:
-            step = 0
-            for t in timesteps:
+            step = start * iters
+            for t in timesteps[start:]:
                 if stopped:
                     break
                 q_content, style_k, style_v = self._attention_features(prepared, t, layers, feature_precision)
@@ -563,11 +677,11 @@ class StyleGallery:
                                   style_per_region={str(r): v for r, v in enumerate(per_region.detach().tolist())})
                     history.append(record)
                     if callback is not None:
-                        preview = None
+                        picture = None
                         if preview_every and (step % preview_every == 0 or step == total):
-                            preview = Image.fromarray(self.decode(z.detach()).permute(1, 2, 0).numpy())
+                            picture = self.preview(z.detach(), preview)
                         info = StepInfo(step, total, t, record["total"], record["content"], record["style"],
-                                        {int(k): v for k, v in record["style_per_region"].items()}, z.detach().clone(), preview)
+                                        {int(k): v for k, v in record["style_per_region"].items()}, z.detach().clone(), picture)
                         if callback(info):
                             stopped = True
                             break
@@ -579,14 +693,18 @@ class StyleGallery:
             if gradient_checkpointing:
                 self.unet.disable_gradient_checkpointing()
         latent = z.detach()
-        settings = dict(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, query_scale=query_scale,
-                        region_attention=region_attention, loss_layers=layers)
+        settings = dict(steps=steps, iters=iters, lr=lr, c_ratio=c_ratio, scheduler=scheduler, query_scale=query_scale,
+                        region_attention=region_attention, loss_layers=layers, start_step=start, warm=init is not None,
+                        model=self.stylize_model, lora=None if self.lora is None else self.lora.info.as_dict())
         return Stylization(latent.cpu(), self.decode(latent), history, stopped, settings)
 
     # ------------------------------------------------------------------ one call
-    def __call__(self, content, styles: Sequence, **settings) -> StyleGalleryOutput:
+    def __call__(self, content, styles: Sequence, *, preset: str | None = None, **settings) -> StyleGalleryOutput:
         """Run all stages; ``settings`` are the keyword parameters of the stage methods (e.g. ``size``,
-        ``max_clusters``, ``c_ratio``, ``steps``)."""
+        ``max_clusters``, ``c_ratio``, ``steps``). ``preset="fast"`` (or ``"lcm"``, ``"hyper-sd"``) runs the
+        release's accelerated variant (:meth:`use_preset`); settings you give override the preset's."""
+        if preset is not None:
+            settings = {**self.use_preset(preset), **settings}
         by_stage = {}
         for stage in STAGES:
             params = inspect.signature(getattr(self, stage)).parameters
@@ -613,6 +731,31 @@ class StyleGallery:
     def _check_model(self, prepared: Prepared) -> None:
         if prepared.model != self.backbone.fingerprint:
             raise StyleGalleryError("these prepared images were encoded by another model: run prepare again with this one")
+
+
+#: Share of the timesteps a warm re-run of a finished result runs by default (ours).
+REFINE_FRACTION = 0.3
+
+
+def _start_index(init, start_step, prepared: Prepared, steps: int, iters: int, scheduler: str) -> int:
+    """Index of the first timestep stylize runs: 0 for a cold run; for a warm one see ``stylize``."""
+    if init is None:
+        if start_step:
+            raise StyleGalleryError("start_step needs init: pass the earlier Stylization to continue from")
+        return 0
+    if not isinstance(init, Stylization):
+        raise StyleGalleryError(f"init must be an earlier Stylization result (got {type(init).__name__})")
+    if tuple(init.latent.shape[-2:]) != tuple(prepared.latents.shape[-2:]):
+        raise StyleGalleryError("init was made at another size or from other images: start over (init=None)")
+    if start_step is None:
+        done = init.history[-1]["step"] if init.history else 0
+        same = all(init.settings.get(k) == v for k, v in (("steps", steps), ("iters", iters), ("scheduler", scheduler)))
+        if init.stopped_early and same:
+            return min(done // iters, steps - 1)
+        return steps - max(1, round(steps * REFINE_FRACTION))
+    if start_step >= steps:
+        raise StyleGalleryError(f"start_step must be below steps ({steps}); got {start_step}")
+    return start_step
 
 
 def _mask_to_grid(mask, grid: tuple[int, int]) -> np.ndarray:

@@ -11,14 +11,15 @@ from .pipeline import STAGES, StyleGallery
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 
 RESULT_TYPES = dict(zip(STAGES, (Prepared, Inversion, Segmentation, Matching, Stylization)))
-_RUNTIME = {"progress", "callback"}
+_RUNTIME = {"progress", "callback", "init", "start_step", "preview_every", "preview"}  # options of a run, not settings
 
 
 class Session:
     """Settings and results of the five stages for one content image and its references.
 
     Changing a stage's settings (:meth:`set`) or editing its result (:meth:`replace`) marks that stage and every
-    later one stale; :meth:`run` re-runs only the stale stages up to the one asked for.
+    later one stale; :meth:`run` re-runs only the stale stages up to the one asked for. A stale stylization
+    can be refined from the last result instead of started over (``run(refine=True)``).
     """
 
     def __init__(self, pipe: StyleGallery, content, styles, **settings):
@@ -27,6 +28,8 @@ class Session:
         self.settings: dict[str, dict] = {stage: {} for stage in STAGES}
         self.results: dict[str, object] = {stage: None for stage in STAGES}
         self.timings: dict[str, float] = {}
+        self.last_stylization: Stylization | None = None  # the latest stylize result, kept when it goes stale
+        self.last_run: str = ""  # how the latest stylize ran: "started over" or "refined from the last result (...)"
         self.set(**settings)
 
     @staticmethod
@@ -67,7 +70,23 @@ class Session:
         if styles is not None:
             self.styles = list(styles)
         self._invalidate("prepare")
+        self.last_stylization = None
         return self.stale
+
+    def use_preset(self, name: str | None) -> list[str]:
+        """Switch to a fast preset (``fast``, ``lcm``, ``hyper-sd``: its LoRA, scheduler, steps, iters, lr and
+        c_ratio; see :meth:`StyleGallery.use_preset`) or, with ``None``, back to the paper's settings without
+        a LoRA. Returns the stages now stale."""
+        names = ("steps", "iters", "lr", "c_ratio", "scheduler")
+        if name is None:
+            self.pipe.unload_lora_weights()
+            before = {n: self.value(n) for n in names}
+            for n in names:
+                self.settings["stylize"].pop(n, None)
+            if any(not _same(before[n], self.value(n)) for n in names):
+                self._invalidate("stylize")
+            return self.stale
+        return self.set(**self.pipe.use_preset(name))
 
     def replace(self, stage: str, result) -> list[str]:
         """Put an edited result in place (e.g. merged regions, overridden matches); later stages become stale."""
@@ -98,11 +117,14 @@ class Session:
             return (self.content, self.styles)
         return tuple(self.results[s] for s in STAGES[: STAGES.index(stage)])
 
-    def run(self, until: str = "stylize", *, progress: bool = True, callback=None, on_stage=None):
+    def run(self, until: str = "stylize", *, progress: bool = True, callback=None, on_stage=None,
+            refine: bool = False, start_step: int | None = None, preview_every: int = 0, preview: str = "linear"):
         """Run the stale stages up to ``until`` and return its result.
 
-        ``callback`` goes to stylize (see :meth:`StyleGallery.stylize`); ``on_stage(stage, result, seconds)`` is
-        called after each stage that ran.
+        ``refine=True``: a stale stylization continues from :attr:`last_stylization` (warm re-run, see
+        :meth:`StyleGallery.stylize`'s ``init`` and ``start_step``) instead of starting over; :attr:`last_run`
+        says which happened. ``callback``, ``preview_every`` and ``preview`` go to stylize;
+        ``on_stage(stage, result, seconds)`` is called after each stage that ran.
         """
         if until not in STAGES:
             raise StyleGalleryError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
@@ -112,11 +134,18 @@ class Session:
             kwargs = dict(self.settings[stage])
             if stage in ("invert", "segment", "stylize"):
                 kwargs["progress"] = progress
-            if stage == "stylize" and callback is not None:
-                kwargs["callback"] = callback
+            if stage == "stylize":
+                kwargs.update(callback=callback, preview_every=preview_every, preview=preview)
+                warm = refine and self.last_stylization is not None
+                if warm:
+                    kwargs.update(init=self.last_stylization, start_step=start_step)
             start = time.perf_counter()
             self.results[stage] = getattr(self.pipe, stage)(*self._inputs(stage), **kwargs)
             self.timings[stage] = time.perf_counter() - start
+            if stage == "stylize":
+                self.last_stylization = self.results[stage]
+                self.last_run = _describe(self.results[stage]) if warm else (
+                    "started over" + (" (no earlier result to refine)" if refine else ""))
             if on_stage is not None:
                 on_stage(stage, self.results[stage], self.timings[stage])
         return self.results[until]
@@ -137,6 +166,8 @@ class Session:
                 self._invalidate(stage)
                 break
             self.results[stage] = RESULT_TYPES[stage].load(path)
+        if self.results["stylize"] is not None:
+            self.last_stylization = self.results["stylize"]
         return self.stale
 
     prepared = property(lambda self: self.results["prepare"])
@@ -144,6 +175,11 @@ class Session:
     segmentation = property(lambda self: self.results["segment"])
     matching = property(lambda self: self.results["match"])
     stylization = property(lambda self: self.results["stylize"])
+
+
+def _describe(stylization: Stylization) -> str:
+    first, steps = stylization.settings["start_step"], stylization.settings["steps"]
+    return f"refined from the last result (timesteps {first + 1} to {steps} of {steps})"
 
 
 def _same(a, b) -> bool:

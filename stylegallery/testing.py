@@ -16,10 +16,13 @@ from pathlib import Path
 
 import torch
 
+from .preview import SD_LATENT_TO_RGB
+
 #: Bump when the layout or configs below change, so cached copies are rebuilt rather than trusted.
-TEST_MODEL_VERSION = 8
+TEST_MODEL_VERSION = 9
 ARCHITECTURES = ("tiny", "sd15")
 RESIDUAL_SCALE = 0.02
+PARTS = ("sd", "dinov2", "depth", "lora")
 
 _SD15_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -85,14 +88,6 @@ def _vae_config(arch: str) -> dict:
     )
 
 
-#: Stable Diffusion 1.5's approximate linear map from a (scaled) latent to RGB in [-1, 1], one row per latent
-#: channel: the published fit that fast latent previews use. SD's latents are close to linear in colour.
-SD_LATENT_TO_RGB = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
 _HUGE = 1000.0  # the constant channels that make GroupNorm's statistics independent of the image
 _LINEAR = 30.0  # an offset that puts SiLU in its linear range (SiLU(x + 30) = x + 30 to 1e-11)
 
@@ -357,6 +352,38 @@ def _build_depth(folder: Path) -> None:
     ).save_pretrained(folder)
 
 
+LORA_RANK = 4
+LORA_STD = 0.05  # of the update B @ A relative to nothing in particular: enough to change every loss layer
+
+
+def _build_lora(folder: Path, unet_folder: Path) -> None:
+    """A random LoRA for the UNet in ``unet_folder``, in the Kohya format (``lora_unet_*`` names with
+    ``lora_down``/``lora_up``/``alpha``) of the LCM-LoRA and Hyper-SD files on the Hub, as ``folder/
+    pytorch_lora_weights.safetensors``. It adapts the linear and 1x1 layers of every transformer block."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(unet_folder)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if ".attentions." not in name:
+            continue
+        if isinstance(module, torch.nn.Linear):
+            out_features, in_features = module.out_features, module.in_features
+            shape = ()
+        elif isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1):
+            out_features, in_features = module.out_channels, module.in_channels
+            shape = (1, 1)
+        else:
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        tensors[f"{key}.lora_down.weight"] = torch.randn(LORA_RANK, in_features, *shape) / math.sqrt(in_features)
+        tensors[f"{key}.lora_up.weight"] = torch.randn(out_features, LORA_RANK, *shape) * LORA_STD
+        tensors[f"{key}.alpha"] = torch.tensor(float(LORA_RANK))
+    folder.mkdir(parents=True)
+    save_file(tensors, folder / "pytorch_lora_weights.safetensors")
+
+
 def _new_folder(parent: Path, prefix: str) -> Path:
     """A new, uniquely named folder with the permissions of any folder the user makes (not mkdtemp's 0700)."""
     while True:
@@ -369,7 +396,8 @@ def _new_folder(parent: Path, prefix: str) -> Path:
 
 
 def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 0) -> Path:
-    """Build random-weight models into ``folder/sd``, ``folder/dinov2`` and ``folder/depth``.
+    """Build random-weight models into ``folder/sd``, ``folder/dinov2``, ``folder/depth`` and a LoRA for the
+    UNet into ``folder/lora``.
 
     ``arch="tiny"`` gives models of a few hundred kilobytes for tests; ``arch="sd15"`` gives the real SD 1.5
     UNet and VAE architecture (random weights, about 3.5 GB) for benchmarks. Existing folders are not touched:
@@ -378,7 +406,7 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown test-model architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     folder = Path(folder)
-    for part in ("sd", "dinov2", "depth"):
+    for part in PARTS:
         if (folder / part).exists():
             raise FileExistsError(f"{folder / part} already exists; choose an empty folder for the test models")
     folder.mkdir(parents=True, exist_ok=True)
@@ -388,10 +416,11 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
         _build_sd(staging / "sd", arch)
         _build_dinov2(staging / "dinov2")
         _build_depth(staging / "depth")
+        _build_lora(staging / "lora", staging / "sd" / "unet")
         (staging / "sd" / "stylegallery_test_model.json").write_text(
             json.dumps({"arch": arch, "version": TEST_MODEL_VERSION, "seed": seed})
         )
-        for part in ("sd", "dinov2", "depth"):
+        for part in PARTS:
             os.replace(staging / part, folder / part)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -408,7 +437,7 @@ def cached_test_models(arch: str = "tiny") -> Path:
     target = root / f"{arch}-v{TEST_MODEL_VERSION}"
     marker = target / "sd" / "stylegallery_test_model.json"
     try:
-        if json.loads(marker.read_text()).get("version") == TEST_MODEL_VERSION and (target / "depth").is_dir():
+        if json.loads(marker.read_text()).get("version") == TEST_MODEL_VERSION and (target / "lora").is_dir():
             return target
     except (OSError, ValueError):
         pass
