@@ -7,6 +7,7 @@ optimization of stage 4 (its feature passes included) runs with the LoRA fused a
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict, dataclass
 
 import torch
@@ -112,12 +113,17 @@ class FusedLora:
         self.unet, self.info = unet, info
         self.fused = False
         self._saved: dict[str, torch.Tensor] = {}
+        quiet = logging.getLogger("diffusers.loaders.peft")  # it logs the error we raise below
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         try:
             StableDiffusionLoraLoaderMixin.load_lora_into_unet(
                 state_dict, network_alphas, unet=unet, adapter_name=ADAPTER, metadata=metadata)
         except (ValueError, KeyError, RuntimeError) as exc:
             self._remove()
             raise StyleGalleryError(f"the LoRA {info.source!r} does not fit this UNet: {_first_line(exc)}") from None
+        finally:
+            quiet.setLevel(level)
         if not self._layers():
             self._remove()
             raise StyleGalleryError(f"the LoRA {info.source!r} has no weight for any layer of this UNet")
@@ -157,7 +163,7 @@ class FusedLora:
         self._remove()
 
     def _remove(self) -> None:
-        if getattr(self.unet, "peft_config", None):
+        if self._layers():
             self.unet.unload_lora()
 
 
