@@ -4,9 +4,10 @@ For each front end a server starts on loopback with a token and a temporary root
 builds a session on the tiny test models (its stages showing tqdm's progress bars) and shows a RegionView, a
 MatchMatrix and a StageExplorer. Chromium (Playwright) runs every cell; the test checks that the overlay and the
 matrix are drawn (canvas pixels), clicks a matrix cell and reads the kernel's new match table from a re-run cell,
-merges two regions, runs the explorer, stops a long stylize with Stop and reads the partial result in the kernel,
-then saves the notebook, reloads the page and checks that every output still displays. Any error in the page
-(an uncaught exception or a console error) fails the test. Skipped when /usr/bin/chromium is missing.
+merges two regions, runs the explorer (whose loss monitor shows a live preview of the latent while stylize runs),
+stops a long stylize with Stop and reads the partial result in the kernel, then saves the notebook, reloads the
+page and checks that every output still displays. Any error in the page (an uncaught exception or a console error)
+fails the test. Skipped when /usr/bin/chromium is missing.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ matching = session.matching
 """ % LONG_STEPS
 SHOW_REGIONS = "view = RegionView(session, index=0, width=256)\nview"
 SHOW_MATRIX = "matrix = MatchMatrix(session)\nmatrix"
-SHOW_EXPLORER = "from stylegallery.widgets import StageExplorer\nexplorer = StageExplorer(session, preview_every=5)\nexplorer"
+SHOW_EXPLORER = "from stylegallery.widgets import StageExplorer\nexplorer = StageExplorer(session)\nexplorer"
 PRINT_MATCHES = 'print("MATCHES=" + json.dumps(matching.matches))'
 PRINT_RESULT = """\
 result = session.stylization
@@ -376,6 +377,18 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     explorer = page.locator(".sg-explorer").first
     explorer.scroll_into_view_if_needed()
     explorer.get_by_role("button", name="Run all").click()
+    # while it runs, the loss monitor shows the latent's linear preview (at latent resolution: 16 px for 128 px
+    # images) scaled up, with its step and loss, and follows the steps
+    live = """() => {
+        const img = document.querySelector('.sg-explorer .sg-loss-monitor.sg-running img.sg-lm-img');
+        return img && img.src && img.complete && img.naturalWidth > 0 && {natural: img.naturalWidth,
+            shown: img.getBoundingClientRect().width, step: Number(img.dataset.step), caption: img.nextSibling.textContent};
+    }"""
+    preview = page.wait_for_function(live, timeout=60_000).json_value()
+    assert preview["natural"] == 128 // 8 and preview["shown"] >= 200, preview
+    assert preview["caption"].startswith(f"live preview · step {preview['step']} of {LONG_STEPS} · loss "), preview
+    page.wait_for_function(f"(step) => (({live})() || {{}}).step > step", arg=preview["step"], timeout=30_000)
+    explorer.locator(".jupyter-widget-Collapse-open").screenshot(path=str(SCREENSHOTS / f"sg_{front}_live_preview.png"))
     points = "Number(document.querySelector('.sg-explorer canvas.sg-lm-canvas').dataset.points)"
     page.wait_for_function(f"() => {points} >= 3", timeout=60_000)
     explorer.locator(".sg-loss-monitor").get_by_role("button", name="Stop").click()

@@ -7,6 +7,7 @@ through ``Widget._handle_msg`` like a comm message from the browser.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import time
 
@@ -17,8 +18,9 @@ from PIL import Image
 pytest.importorskip("anywidget")
 pytest.importorskip("ipywidgets")
 
-from stylegallery import Session  # noqa: E402
+from stylegallery import Session, StyleGallery  # noqa: E402
 from stylegallery.errors import StyleGalleryError  # noqa: E402
+from stylegallery.fast import PRESETS  # noqa: E402
 from stylegallery.pipeline import STAGES  # noqa: E402
 from stylegallery.widgets import Compare, LossMonitor, MatchMatrix, RegionView, StageExplorer  # noqa: E402
 
@@ -239,6 +241,38 @@ def test_loss_monitor_run_works_in_a_worker_so_a_click_on_stop_lands(pipe, sessi
     assert monitor.status.startswith("⚠ StyleGalleryError") and not monitor.running
 
 
+def test_loss_monitor_run_previews_the_latent_at_every_step_then_shows_the_decoded_result(pipe, session):
+    args = [session.prepared, session.inversion, session.segmentation, session.matching]
+    monitor = LossMonitor(min_interval=0)
+    shown = []  # what the view gets: the preview's step, the picture's size and its caption
+    monitor.observe(lambda _: shown.append((monitor.preview_step, png(monitor.preview_png).size, monitor.preview_caption)),
+                    names="preview_caption")
+    monitor.run(pipe, *args, steps=6, progress=False)
+    result = monitor.wait(120)
+    h, w = result.latent.shape[-2:]
+    live, final = shown[:-1], shown[-1]
+    assert [step for step, _, _ in live] == [1, 2, 3, 4, 5, 6]
+    assert all(size == (w, h) for _, size, _ in live)  # the linear preview, at the latent's resolution
+    for (step, _, caption), record in zip(live, result.history):
+        assert caption == f"live preview · step {step} of 6 · loss {record['total']:.4g}"
+    assert final == (6, result.image.size, "result (VAE decode) · step 6")
+    assert np.array_equal(np.asarray(png(monitor.preview_png)), np.asarray(result.image))
+
+    # with a preview every step, the view still gets at most one update per min_interval (and the last step)
+    monitor = LossMonitor(min_interval=60)
+    sent = []
+    monitor.observe(lambda change: sent.append(change["new"]), names="preview_step")
+    monitor.run(pipe, *args, steps=6, progress=False)
+    monitor.wait(120)
+    assert sent == [1, 6] and monitor.steps == [1, 2, 3, 4, 5, 6]
+
+    # a warm re-run from the result: only its last timesteps, numbered as in the whole run
+    monitor = LossMonitor(min_interval=0)
+    monitor.run(pipe, *args, steps=6, init=result, start_step=3, progress=False)
+    warm = monitor.wait(120)
+    assert warm.settings["warm"] and monitor.steps == [4, 5, 6] and monitor.status.startswith("done: steps 4 to 6 of 6")
+
+
 # ---------------------------------------------------------------------------------------------- StageExplorer
 def test_stage_explorer_marks_stale_stages_and_reruns_only_those(session):
     explorer = StageExplorer(session)
@@ -308,6 +342,7 @@ def test_stage_explorer_runs_in_a_worker_so_stop_keeps_a_partial_result(pipe, sm
     session, monitor = explorer.session, explorer.monitor
     assert explorer.run() == [] and explorer.busy  # returned at once: this thread stays free, as the kernel's
     assert explorer.buttons["stylize"].disabled and explorer.controls["stylize"]["steps"].disabled
+    assert explorer.refine_button.disabled and explorer.preset.disabled
     wait_until(lambda: monitor.step >= 2 or not explorer.busy)
     assert explorer.busy and explorer.folds.selected_index == STAGES.index("stylize")
     # edits of the session wait for the end of the run
@@ -327,9 +362,77 @@ def test_stage_explorer_runs_in_a_worker_so_stop_keeps_a_partial_result(pipe, sm
     assert f"stopped at step {len(result.history)} of 200" in explorer.headers["stylize"].value
     assert explorer.progress["stylize"].value == len(result.history) and session.stale == []
     assert not explorer.buttons["stylize"].disabled and not explorer.controls["stylize"]["steps"].disabled
+    assert not explorer.preset.disabled and not explorer.refine_button.disabled  # a stopped run can be resumed
     assert explorer.controls["segment"]["use_depth"].disabled == (pipe.depth_model is None)
     frontend_message(view, {"type": "merge"})  # and go in after it
     assert session.segmentation is view.segmentation and "merged region" in view.status and session.stale == ["match", "stylize"]
+
+
+def test_refine_after_a_match_override_runs_only_the_last_timesteps(session):
+    session.set(steps=10)
+    explorer = StageExplorer(session)
+    assert explorer.refine_button.disabled and "no earlier result" in explorer.refine_button.tooltip
+    assert explorer.run(refine=True, background=False) == ["stylize"]  # by hand: without a result it starts over
+    first = session.stylization
+    assert not first.settings["warm"] and len(first.history) == 10
+    assert "started over (no earlier result to refine)" in explorer.messages["stylize"].value
+    assert explorer.refine_button.disabled  # up to date
+
+    matching = session.matching
+    target = next(j for j, c in enumerate(matching.columns) if c != matching.matches[0])
+    frontend_message(explorer.match_matrix, {"type": "pick", "row": 0, "col": target})  # an override
+    assert explorer.stale == ["stylize"] and not explorer.refine_button.disabled
+    assert explorer.messages["stylize"].value == ""  # the note of a result that is stale now is gone
+    explorer.refine_button.click()
+    assert explorer.wait(120) == ["stylize"]
+    result = session.stylization
+    start = result.settings["start_step"]
+    assert result.settings["warm"] and 0 < start < 10 and len(result.history) == 10 - start
+    assert explorer.monitor.steps == [h["step"] for h in result.history] == list(range(start + 1, 11))
+    assert explorer.progress["stylize"].value == 10 and "done" in explorer.headers["stylize"].value
+    note = html.unescape(explorer.messages["stylize"].value)
+    assert "refined from the last result" in note and session.last_run in note
+
+    explorer.buttons["stylize"].click()  # Start over runs nothing while stylize is up to date
+    assert explorer.wait(120) == [] and session.stylization is result
+
+
+@pytest.fixture(scope="module")
+def preset_pipe():
+    """The tiny test models by name, whose presets load the models' random LoRA (a pipeline of its own: the LoRA
+    goes into its UNet)."""
+    return StyleGallery.from_pretrained("tiny", device="cpu", semantic_model=False, depth_model=False)
+
+
+def test_the_preset_control_switches_stylize_to_a_fast_lora_and_back(preset_pipe, small_run):
+    prepared, _ = small_run
+    images = [prepared.image(i) for i in range(len(prepared.names))]
+    session = Session(preset_pipe, images[0], images[1:], size=128, inversion_steps=2, steps=4, **SEGMENT)
+    explorer = StageExplorer(session, background=False)
+    assert explorer.preset.value == "paper"
+    explorer.run()
+    assert session.stylization.settings["lora"] is None
+
+    choices = [v for _, v in explorer.preset.options]
+    frontend_update(explorer.preset, index=choices.index("lcm"))  # the choice in the browser (a Dropdown syncs index)
+    lcm, controls = PRESETS["lcm"], explorer.controls["stylize"]
+    assert choices == ["paper", *PRESETS]
+    assert preset_pipe.lora is not None and explorer.stale == ["stylize"] and session.value("scheduler") == "lcm"
+    shown = [controls[n].value for n in ("steps", "iters", "lr", "c_ratio")]
+    assert shown == [lcm.steps, lcm.iters, lcm.lr, lcm.c_ratio]
+    explorer.set(steps=2)  # a short run, the preset's other settings kept
+    assert explorer.run() == ["stylize"]
+    settings = session.stylization.settings
+    assert settings["scheduler"] == "lcm" and settings["lora"]["source"] == preset_pipe.lora.info.source
+    assert len(session.stylization.history) == 2 * lcm.iters and explorer.monitor.steps[-1] == 2 * lcm.iters
+
+    assert explorer.use_preset(None) == ["stylize"]  # back to the paper's settings, as the control does
+    assert explorer.preset.value == "paper" and preset_pipe.lora is None and session.value("scheduler") == "ddim"
+    assert controls["steps"].value == Session.parameters("stylize")["steps"].default and controls["iters"].value == 1
+    explorer.use_preset("fast")  # the release's name for lcm
+    assert explorer.preset.value == "lcm" and preset_pipe.lora is not None
+    frontend_update(explorer.preset, index=choices.index("paper"))
+    assert preset_pipe.lora is None and explorer.messages["stylize"].value == ""
 
 
 # ---------------------------------------------------------------------------------------------- names

@@ -10,6 +10,7 @@ from PIL import Image
 
 from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
+from stylegallery.fast import PRESETS, get_preset
 from stylegallery.pipeline import STAGES
 from stylegallery.session import Session
 
@@ -34,11 +35,33 @@ BADGE = {
     "error": "background:#fde2e2;color:#9b1c1c;border:1px solid #e59a9a",
 }
 _STYLE = {"description_width": "initial"}
+PAPER = "paper"  # the preset control's value for the paper's settings without a LoRA
+PRESET_NAMES = {"lcm": "LCM-LoRA", "hyper-sd": "Hyper-SD"}
 
 
 def _badge(kind: str, text: str) -> str:
     return (f'<span class="sg-badge sg-badge-{kind}" style="display:inline-block;font-size:11px;padding:0 7px;'
             f'border-radius:8px;margin-left:8px;{BADGE[kind]}">{html.escape(text)}</span>')
+
+
+def _preset_options(session: Session) -> list[tuple[str, str]]:
+    """The preset control's choices: the paper's settings, then every fast preset (steps x iters)."""
+    steps = Session.parameters("stylize")["steps"].default
+    return [(f"paper ({steps} steps)", PAPER)] + [
+        (f"fast: {PRESET_NAMES.get(name, name)} ({p.steps}×{p.iters})", name) for name, p in PRESETS.items()]
+
+
+def _current_preset(session: Session) -> str:
+    """The preset the session's stylize settings come from: the one whose LoRA is loaded, or else the one with
+    the session's scheduler and a LoRA of the user's own."""
+    loaded = session.pipe.lora_preset
+    if loaded in PRESETS and session.value("scheduler") == PRESETS[loaded].scheduler:
+        return loaded
+    if session.pipe.lora is not None:
+        for name, preset in PRESETS.items():
+            if session.value("scheduler") == preset.scheduler:
+                return name
+    return PAPER
 
 
 def _controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
@@ -75,6 +98,8 @@ def _controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
         "stylize": [
             ("steps", W.IntSlider(value=v("steps"), min=1, max=max(300, v("steps")), description="steps",
                                   continuous_update=False, style=_STYLE)),
+            ("iters", W.BoundedIntText(value=v("iters"), min=1, max=max(10, v("iters")), description="iters",
+                                       style=_STYLE, layout=W.Layout(width="110px"))),
             ("lr", W.BoundedFloatText(value=v("lr"), min=1e-4, max=10.0, step=0.01, description="lr", style=_STYLE,
                                       layout=W.Layout(width="150px"))),
             ("c_ratio", W.FloatSlider(value=v("c_ratio"), min=0.0, max=2.0, step=0.01, description="c_ratio",
@@ -97,11 +122,16 @@ class StageExplorer(StaticReprMixin, W.VBox):
     step and keeps that result. Meanwhile the controls are locked and edits of the session are refused;
     :meth:`wait` waits for the run (``background=False`` runs on the kernel's thread instead: Stop then has
     no effect). ``StageExplorer(pipe, content, styles, **settings)`` or ``StageExplorer(session)``.
-    ``preview_every``: decode a preview every N stylize steps (default: a tenth).
+
+    The stylize fold also has a preset control (the paper's settings, or a fast LoRA preset: :meth:`use_preset`)
+    and, besides *Start over*, *Refine last result*: a stale stylization (after an override, another
+    ``c_ratio``...) continues from the last result's latent over its last timesteps (``run(refine=True)``).
+    ``preview_every``, ``preview``: the loss monitor's picture of the latent during stylize, every N steps (0:
+    none), made by ``"linear"`` (the default: next to free), ``"tiny-vae"`` or ``"vae"``.
     """
 
-    def __init__(self, pipe, content=None, styles=None, *, preview_every: int | None = None, background: bool = True,
-                 **settings):
+    def __init__(self, pipe, content=None, styles=None, *, preview_every: int = 1, preview: str = "linear",
+                 background: bool = True, **settings):
         if isinstance(pipe, Session):
             session = pipe
             if settings:
@@ -111,7 +141,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 raise StyleGalleryError("StageExplorer(pipe, content, styles, **settings) needs a content image and styles")
             session = Session(pipe, content, styles, **settings)
         self.session = session
-        self.preview_every = preview_every
+        self.preview_every, self.preview = preview_every, preview
         self.background = background
         self._thread = None
         self._disabled_before: dict[str, bool] = {}
@@ -120,6 +150,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._shown: dict[str, int] = {}
         self._running: str | None = None
         self._errors: dict[str, str] = {}
+        self._quiet = False  # True while the preset control is set to follow the session
 
         self.monitor = LossMonitor()
         self.region_views: list[RegionView] = []
@@ -132,20 +163,31 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.progress: dict[str, W.IntProgress] = {}
         self.messages: dict[str, W.HTML] = {}
         self.pictures: dict[str, W.Box] = {}
+        self.refine_button = W.Button(description="Refine last result", icon="repeat", layout=W.Layout(width="160px"))
+        self.refine_button.on_click(lambda _b: self.run("stylize", refine=True))
+        self.preset = W.Dropdown(options=_preset_options(session), value=_current_preset(session),
+                                 description="preset", style=_STYLE, layout=W.Layout(width="250px"))
+        self.preset.observe(lambda change: self._preset_chosen(change["new"]), names="value")
         panels = []
         for stage, controls in _controls(session).items():
             self.controls[stage] = dict(controls)
             for name, widget in controls:
                 widget.observe(lambda change, name=name: self._setting_changed(name, change["new"]), names="value")
             self.headers[stage] = W.HTML()
-            button = W.Button(description="Run", icon="play", tooltip=f"run the stale stages up to {stage}",
-                              layout=W.Layout(width="80px"))
+            if stage == "stylize":
+                button = W.Button(description="Start over", icon="play", layout=W.Layout(width="110px"),
+                                  tooltip="run the stale stages up to stylize, stylize from the inverted content")
+            else:
+                button = W.Button(description="Run", icon="play", tooltip=f"run the stale stages up to {stage}",
+                                  layout=W.Layout(width="80px"))
             button.on_click(lambda _b, stage=stage: self.run(stage))
             self.buttons[stage] = button
             self.progress[stage] = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px"))
             self.messages[stage] = W.HTML()
             self.pictures[stage] = W.HBox(layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
-            head = W.HBox([button, self.progress[stage], self.headers[stage]] + [w for _, w in controls],
+            buttons = [button, self.refine_button] if stage == "stylize" else [button]
+            extra = [self.preset] if stage == "stylize" else []
+            head = W.HBox(buttons + [self.progress[stage], self.headers[stage]] + extra + [w for _, w in controls],
                           layout=W.Layout(align_items="center", flex_flow="row wrap"))
             panels.append(W.VBox([head, self.messages[stage], self.pictures[stage]]))
         self.panels = dict(zip(STAGES, panels))
@@ -192,6 +234,47 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._refresh()
         return self.stale
 
+    def use_preset(self, name: str | None) -> list[str]:
+        """Switch stylize to a fast preset (``"lcm"``, ``"hyper-sd"``) or back to the paper's settings (None), as
+        the preset control does (see :meth:`Session.use_preset`); returns the stale stages."""
+        check_idle(self.session)
+        value = PAPER if name is None else get_preset(name).name
+        if self.preset.value != value:
+            self.preset.value = value  # the observer switches
+        else:
+            self._preset_chosen(value)
+        if "stylize" in self._errors:
+            raise StyleGalleryError(self._errors["stylize"])
+        return self.stale
+
+    def _preset_chosen(self, value: str) -> None:
+        """Load or unload the preset's LoRA and set its settings; the stylize controls follow."""
+        if self._quiet:  # the control follows the session
+            return
+        error = None
+        lock = model_lock(self.session.pipe)  # the LoRA goes into the model, which no run may be using
+        if not lock.acquire(blocking=False):
+            error = "another run on this model is in progress: choose the preset when it has finished"
+        else:
+            try:
+                self.session.use_preset(None if value == PAPER else value)
+            except StyleGalleryError as exc:  # e.g. the preset's LoRA is not available offline
+                error = str(exc)
+            finally:
+                lock.release()
+        self._quiet = True
+        try:
+            self.preset.value = _current_preset(self.session)
+            for name, widget in self.controls["stylize"].items():
+                widget.value = self.session.value(name)  # the session has it already: nothing changes there
+        finally:
+            self._quiet = False
+        if error is None:
+            self._errors.pop("stylize", None)
+        else:
+            self._errors["stylize"] = error
+        self._refresh()
+
     def _state(self, stage: str) -> tuple[str, str]:
         """A stage's badge kind and text."""
         result = self.session.results[stage]
@@ -203,7 +286,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
             return "stale", "stale"
         text = "done"
         if stage == "stylize" and result.stopped_early:
-            text = f"stopped at step {len(result.history)} of {result.settings['steps'] * result.settings['iters']}"
+            text = f"stopped at step {_last_step(result)} of {result.settings['steps'] * result.settings['iters']}"
         seconds = self.session.timings.get(stage)
         return "done", text + (f" · {seconds:.1f} s" if seconds is not None else "")
 
@@ -216,7 +299,10 @@ class StageExplorer(StaticReprMixin, W.VBox):
             if self.folds.get_title(i) != f"{TITLES[stage]} · {text}":
                 self.folds.set_title(i, f"{TITLES[stage]} · {text}")
             error = self._errors.get(stage)
-            self.messages[stage].value = f'<span style="color:#b71c1c">⚠ {html.escape(error)}</span>' if error else ""
+            if error:
+                self.messages[stage].value = f'<span style="color:#b71c1c">⚠ {html.escape(error)}</span>'
+            else:
+                self.messages[stage].value = self._note(stage)
             result = session.results[stage]
             if result is not None and self._shown.get(stage) != id(result):
                 self._show(stage, result)
@@ -224,14 +310,40 @@ class StageExplorer(StaticReprMixin, W.VBox):
             if self._running != stage and stage not in self._errors:
                 bar = self.progress[stage]
                 stopped = stage == "stylize" and result is not None and result.stopped_early
-                bar.value = (len(result.history) if stopped else bar.max) if result is not None else 0
+                bar.value = (_last_step(result) if stopped else bar.max) if result is not None else 0
                 bar.bar_style = ("warning" if stopped else "success") if result is not None else ""
         stale = session.stale
         self.status.value = (f"&nbsp;stale: {', '.join(stale)}" if stale else "&nbsp;all stages are up to date")
+        self._refine_state()
+
+    def _note(self, stage: str) -> str:
+        """The stylize fold's line under its controls: how its current result was made."""
+        session = self.session
+        result = session.stylization
+        if stage != "stylize" or result is None or result is not session.last_stylization or not session.last_run:
+            return ""
+        return f'<span style="font-size:12px">Last run: {html.escape(session.last_run)}.</span>'
+
+    def _refine_state(self) -> None:
+        """*Refine last result* works on a stale stylization with an earlier result to continue from."""
+        button = self.refine_button
+        if self.session in RUNNING:
+            button.disabled = True
+        elif self.session.last_stylization is None:
+            button.disabled, button.tooltip = True, "no earlier result to refine: start over first"
+        elif self.session.stylization is not None and not self.session.stylization.stopped_early:
+            button.disabled, button.tooltip = True, "stylize is up to date: change a setting or a match to refine it"
+        else:
+            button.disabled = False
+            button.tooltip = ("continue from the last result's latent over its last timesteps (faster than starting "
+                              "over); runs the other stale stages first")
 
     # ------------------------------------------------------------------ running
-    def run(self, until: str = "stylize", *, background: bool | None = None) -> list[str]:
+    def run(self, until: str = "stylize", *, background: bool | None = None, refine: bool = False) -> list[str]:
         """Run the stale stages up to ``until`` (what a Run button does).
+
+        ``refine=True``: a stale stylization continues from the last result (what *Refine last result* does;
+        :attr:`Session.last_run` says whether it did, or started over for want of one).
 
         In the background (the default; ``background`` overrides the explorer's setting) the stages run in a
         worker thread and this returns an empty list at once: :meth:`wait` returns the stages that ran. On the
@@ -246,9 +358,9 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._lock(True)
         RUNNING.add(self.session)
         if background:
-            self._thread = start_thread(lambda: self._run(until), "stylegallery-explorer")
+            self._thread = start_thread(lambda: self._run(until, refine), "stylegallery-explorer")
             return []
-        return self._run(until)
+        return self._run(until, refine)
 
     @property
     def busy(self) -> bool:
@@ -272,8 +384,13 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 else:
                     widget.disabled = self._disabled_before.get(name, False)
         self.run_all_button.disabled = locked
+        self.preset.disabled = locked
+        if locked:
+            self.refine_button.disabled = True
+        else:
+            self._refine_state()
 
-    def _run(self, until: str) -> list[str]:
+    def _run(self, until: str, refine: bool) -> list[str]:
         """Run the stages holding the model's lock; any failure shows in the explorer, never only in a log."""
         lock = model_lock(self.session.pipe)
         try:
@@ -281,7 +398,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 self.status.value = "&nbsp;waiting for another run on this model…"
                 lock.acquire()
             try:
-                return self._run_stages(until)
+                return self._run_stages(until, refine)
             finally:
                 lock.release()
         except Exception as exc:  # outside a stage (e.g. drawing its pictures); kept as last_error
@@ -294,7 +411,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
             RUNNING.discard(self.session)
             self._lock(False)
 
-    def _run_stages(self, until: str) -> list[str]:
+    def _run_stages(self, until: str, refine: bool) -> list[str]:
         session = self.session
         todo = [s for s in STAGES[: STAGES.index(until) + 1] if session.results[s] is None]
         self.ran = []
@@ -309,7 +426,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
             self._refresh()
             try:
                 if stage == "stylize":
-                    self._run_stylize()
+                    self._run_stylize(refine)
                 else:
                     session.run(stage, progress=False)
             except Exception as exc:  # shown in the panel; the exception stays available as last_error
@@ -324,11 +441,9 @@ class StageExplorer(StaticReprMixin, W.VBox):
             self._refresh()
         return self.ran
 
-    def _run_stylize(self) -> None:
+    def _run_stylize(self, refine: bool) -> None:
         session = self.session
         steps = session.value("steps") * session.value("iters")
-        if "preview_every" not in session.settings["stylize"] or self.preview_every is not None:
-            session.set(preview_every=self.preview_every if self.preview_every is not None else max(1, steps // 10))
         bar = self.progress["stylize"]
         bar.max = steps
         monitor = self.monitor
@@ -339,7 +454,8 @@ class StageExplorer(StaticReprMixin, W.VBox):
             bar.value = min(info.step, bar.max)
             return monitor.callback(info)
 
-        session.run("stylize", progress=False, callback=callback)
+        session.run("stylize", progress=False, callback=callback, refine=refine, preview_every=self.preview_every,
+                    preview=self.preview)
 
     # ------------------------------------------------------------------ pictures
     def _on_edit(self, stage: str, _result) -> None:
@@ -380,7 +496,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         elif stage == "stylize":
             if len(self.monitor.steps) != len(result.history):  # a result not made by this explorer's run
                 self.monitor.show(result)
-            self.monitor.preview_png = b""  # the result is beside it, in the Compare (and so both fit side by side)
+            self.monitor.preview_png, self.monitor.preview_caption = b"", ""  # the result is beside it, in the Compare
             if self.compare is None:
                 self.compare = Compare.from_session(session, width=256)
             else:
@@ -410,6 +526,11 @@ class StageExplorer(StaticReprMixin, W.VBox):
             canvas.paste(r, (0, y))
             y += r.height + 8
         return png_bytes(canvas, max_side=1200)
+
+
+def _last_step(stylization) -> int:
+    """The global step a stylization ended at (a warm run's history starts later)."""
+    return stylization.history[-1]["step"] if stylization.history else 0
 
 
 def _figure(image: Image.Image, caption: str, height: int = 160) -> W.VBox:

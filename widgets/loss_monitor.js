@@ -1,4 +1,4 @@
-// LossMonitor: live loss curves, previews and a Stop button. Follows common.js in the _esm.
+// LossMonitor: live loss curves, latent previews and a Stop button. Follows common.js in the _esm.
 
 function niceTicks(lo, hi, count) {
   const span = hi - lo || 1;
@@ -197,8 +197,9 @@ function render({ model, el: root }) {
     }
     previewUrl = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
     preview.src = previewUrl;
+    preview.dataset.step = String(model.get("preview_step"));
     previewBox.style.display = "";
-    previewLabel.textContent = `preview at step ${model.get("preview_step")}`;
+    previewLabel.textContent = model.get("preview_caption");
   }
 
   stop.addEventListener("click", () => {
@@ -231,7 +232,7 @@ function render({ model, el: root }) {
     "change:stop_requested": updateProgress,
     "change:stoppable": updateProgress,
     "change:preview_png": updatePreview,
-    "change:preview_step": () => (previewLabel.textContent = `preview at step ${model.get("preview_step")}`),
+    "change:preview_caption": () => (previewLabel.textContent = model.get("preview_caption")),
     "change:status": () => (status.textContent = model.get("status")),
   };
   for (const [event, fn] of Object.entries(handlers)) model.on(event, fn);

@@ -1,4 +1,4 @@
-"""LossMonitor: live loss curves and decoded previews during stylize, with a Stop button."""
+"""LossMonitor: live loss curves and latent previews during stylize, with a Stop button."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import traitlets as t
 
 from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
+from stylegallery.results import Stylization
 
 from ._common import CSS, StaticReprMixin, SyncGuard, esm, figure_png, model_lock, png_bytes, start_thread
 
@@ -19,14 +20,17 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
 
     :meth:`run` stylizes in a worker thread with this monitor watching (``monitor.run(session)`` or
     ``monitor.run(pipe, prepared, inversion, segmentation, matching, steps=...)``); :meth:`wait` returns the
-    result. *Stop* makes the callback return True: stylize then stops after the current step and keeps the
-    current result (``stopped_early``). A new run starts fresh curves. ``min_interval``: seconds between
-    updates sent to the view (previews, the first and the last step always go at once).
+    result. While it runs the monitor shows a preview of the latent at every step (SD 1.5's linear
+    latent-to-RGB map, next to free), and the VAE-decoded result when it ends. *Stop* makes the callback
+    return True: stylize then stops after the current step and keeps the current result (``stopped_early``).
+    A new run starts fresh curves. ``min_interval``: seconds between updates sent to the view (the curves and
+    the latest preview; the first and the last step always go at once). ``preview_size``: longest side in
+    pixels of the pictures sent (the view scales a small preview up).
 
     :meth:`callback` can also go to :meth:`StyleGallery.stylize` or :meth:`Session.run` by hand (with
-    ``preview_every=N`` for a decoded preview every N steps). Run so on the kernel's main thread, the kernel reads
-    no click until the cell ends: the view then says to use the kernel's interrupt button, which stops stylize
-    the same way. :meth:`stop` works from any thread.
+    ``preview_every=N`` for a preview every N steps; :meth:`show` the result at the end). Run so on the kernel's
+    main thread, the kernel reads no click until the cell ends: the view then says to use the kernel's
+    interrupt button, which stops stylize the same way. :meth:`stop` works from any thread.
     """
 
     _esm = esm("loss_monitor.js")
@@ -46,6 +50,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     stoppable = t.Bool(True).tag(sync=True)  # False while the run holds the kernel's main thread
     preview_png = t.Bytes(b"").tag(sync=True)
     preview_step = t.Int(0).tag(sync=True)
+    preview_caption = t.Unicode("").tag(sync=True)
     log_scale = t.Bool(False).tag(sync=True)
     status = t.Unicode("waiting for stylize").tag(sync=True)
 
@@ -54,6 +59,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         self.min_interval = min_interval
         self.preview_size = preview_size
         self._buffer: dict = {}
+        self._preview = None  # (picture, step, loss) of the latest preview not yet sent to the view
         self._last_sent = 0.0
         self._started = 0.0
         self._thread: threading.Thread | None = None
@@ -64,19 +70,22 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             self.show(history)
 
     # ------------------------------------------------------------------ running in a worker thread
-    def run(self, source, *args, **kwargs) -> None:
+    def run(self, source, *args, preview_every: int = 1, preview: str = "linear", **kwargs) -> None:
         """Stylize in a worker thread with this monitor's callback, so that the kernel reads *Stop* meanwhile.
 
         ``source``: a :class:`~stylegallery.Session` (runs ``session.run(*args, **kwargs)``, its stale stages up
-        to stylize) or a :class:`~stylegallery.StyleGallery` (runs ``pipe.stylize(*args, **kwargs)``). Returns at
-        once; :meth:`wait` returns the Stylization. An error shows in the monitor and :meth:`wait` raises it.
+        to stylize; ``refine=True`` continues from its last result) or a :class:`~stylegallery.StyleGallery`
+        (runs ``pipe.stylize(*args, **kwargs)``; ``init=`` and ``start_step=`` for a warm re-run).
+        ``preview_every``, ``preview``: a picture of the latent every N steps (0: none) and how it is made
+        (``"linear"``, ``"tiny-vae"`` or ``"vae"``; see :meth:`StyleGallery.preview`). Returns at once;
+        :meth:`wait` returns the result. An error shows in the monitor and :meth:`wait` raises it.
         """
         from stylegallery.session import Session
 
         if self.busy:
             raise StyleGalleryError("this monitor is watching a run already: wait() for it or stop it first")
         function, pipe = (source.run, source.pipe) if isinstance(source, Session) else (source.stylize, source)
-        kwargs["callback"] = self.callback
+        kwargs.update(callback=self.callback, preview_every=preview_every, preview=preview)
         self.result, self.error = None, None
         self.start()
 
@@ -84,6 +93,8 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             try:
                 with model_lock(pipe):
                     self.result = function(*args, **kwargs)
+                if isinstance(self.result, Stylization):
+                    self._show_image(self.result)
             except Exception as exc:  # shown in the view; wait() raises it
                 self.error = exc
                 self.running = False
@@ -108,6 +119,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     # ------------------------------------------------------------------ the callback
     def _reset(self, total_steps: int = 0) -> None:
         self._buffer = {"steps": [], "total": [], "content": [], "style": [], "regions": {}}
+        self._preview = None
         with self.hold_sync():
             self.steps, self.total, self.content, self.style_loss, self.regions = [], [], [], [], {}
             self.total_steps = total_steps
@@ -115,6 +127,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             self.stop_requested = False
             self.preview_png = b""
             self.preview_step = 0
+            self.preview_caption = ""
 
     def start(self, total_steps: int = 0) -> None:
         """Clear the curves for a new run (the callback does this itself when a run begins)."""
@@ -146,21 +159,19 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
                 values.append(None)
         self.total_steps = int(info.total_steps)
         self.timestep = int(info.timestep)
-        if info.preview is not None:
-            with self.hold_sync():
-                self.preview_png = png_bytes(info.preview, self.preview_size)
-                self.preview_step = int(info.step)
+        if info.preview is not None:  # encoded and sent with the next update of the view
+            self._preview = (info.preview, int(info.step), float(info.loss))
         last = info.step >= info.total_steps
         stop = bool(self.stop_requested)
         now = time.perf_counter()
-        if last or stop or info.step <= 1 or info.preview is not None or now - self._last_sent >= self.min_interval:
+        if last or stop or len(b["steps"]) == 1 or now - self._last_sent >= self.min_interval:
             self._flush(info.step)
             self._last_sent = now
         if last or stop:
             self.running = False
             seconds = now - self._started
             self.status = (f"stopped at step {info.step} of {info.total_steps}" if stop and not last
-                           else f"done: {info.step} steps") + f" in {seconds:.1f} s"
+                           else f"done: {self._span()}") + f" in {seconds:.1f} s"
         else:
             self.status = f"step {info.step} / {info.total_steps} · t = {info.timestep} · loss {info.loss:.4g}"
         return stop
@@ -194,6 +205,13 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     def _buffer_step(self) -> int:
         return self._buffer["steps"][-1] if self._buffer["steps"] else 0
 
+    def _span(self) -> str:
+        """The steps recorded: "20 steps", or "steps 15 to 20 of 20" for a run that started later (warm)."""
+        steps = self._buffer["steps"]
+        if not steps or steps[0] <= 1:
+            return f"{len(steps)} steps"
+        return f"steps {steps[0]} to {steps[-1]} of {self.total_steps}"
+
     def _flush(self, step: int) -> None:
         b = self._buffer
         with self.hold_sync():
@@ -205,13 +223,19 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             colours = plot.region_palette(len(b["regions"]))
             self.region_colors = ["#%02x%02x%02x" % tuple(int(x) for x in c) for c in colours]
             self.step = int(step)
+            if self._preview is not None:
+                picture, at, loss = self._preview
+                self.preview_png = png_bytes(picture, self.preview_size)
+                self.preview_step = at
+                self.preview_caption = f"live preview · step {at} of {self.total_steps} · loss {loss:.4g}"
+                self._preview = None
 
     # ------------------------------------------------------------------ finished runs
     def show(self, history) -> None:
         """Show a finished run: a :class:`~stylegallery.Stylization` or its ``history`` (list of dicts)."""
         stylization = history if hasattr(history, "history") else None
         records = stylization.history if stylization is not None else list(history)
-        self._reset(len(records))
+        self._reset(int(records[-1]["step"]) if records else 0)
         b = self._buffer
         for h in records:
             b["steps"].append(int(h["step"]))
@@ -223,11 +247,18 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         self._flush(b["steps"][-1] if b["steps"] else 0)
         if stylization is not None:
             self.total_steps = int(stylization.settings.get("steps", len(records)) * stylization.settings.get("iters", 1))
-            self.preview_png = png_bytes(stylization.image, self.preview_size)
-            self.preview_step = self.step
+            self._show_image(stylization)
         self.running = False
         stopped = stylization is not None and stylization.stopped_early
-        self.status = f"{'stopped early after' if stopped else 'finished:'} {len(records)} steps"
+        self.status = f"{'stopped early:' if stopped else 'finished:'} {self._span()}"
+
+    def _show_image(self, stylization: Stylization) -> None:
+        """The result's VAE-decoded image in place of the live preview."""
+        step = stylization.history[-1]["step"] if stylization.history else 0
+        with self.hold_sync():
+            self.preview_png = png_bytes(stylization.image, self.preview_size)
+            self.preview_step = step
+            self.preview_caption = f"result (VAE decode) · step {step}"
 
     @property
     def history(self) -> list[dict]:
@@ -241,10 +272,10 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ static picture
     def _repr_png_(self) -> bytes:
-        return figure_png(_loss_figure(self.history, self.preview_png, self.status))
+        return figure_png(_loss_figure(self.history, self.preview_png, self.preview_caption, self.status))
 
 
-def _loss_figure(history: list[dict], preview: bytes, status: str):
+def _loss_figure(history: list[dict], preview: bytes, caption: str, status: str):
     """Loss curves (``stylegallery.plot.loss_curves``) with the latest preview beside them."""
     import io
 
@@ -259,5 +290,5 @@ def _loss_figure(history: list[dict], preview: bytes, status: str):
         side = axes[1]
         side.imshow(Image.open(io.BytesIO(preview)))
         side.set_axis_off()
-        side.set_title("latest preview", fontsize=9)
+        side.set_title(caption, fontsize=8)
     return fig
