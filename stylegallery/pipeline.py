@@ -273,6 +273,11 @@ class StyleGallery:
         self._lora_preset = preset.name
 
     @property
+    def lora_preset(self) -> str | None:
+        """The preset whose LoRA is loaded (``lcm``, ``hyper-sd``), or None (no LoRA, or one of your own)."""
+        return self._lora_preset
+
+    @property
     def stylize_model(self) -> str:
         """Fingerprint of the model stylize runs: the backbone's, combined with the LoRA's hash if one is loaded."""
         if self.lora is None:
@@ -746,7 +751,7 @@ def _start_index(init, start_step, prepared: Prepared, steps: int, iters: int, s
     if not isinstance(init, Stylization):
         raise StyleGalleryError(f"init must be an earlier Stylization result (got {type(init).__name__})")
     if tuple(init.latent.shape[-2:]) != tuple(prepared.latents.shape[-2:]):
-        raise StyleGalleryError("init was made at another size or from other images: start over (init=None)")
+        raise StyleGalleryError("the earlier result was made at another size: it cannot be refined, start over")
     if start_step is None:
         done = init.history[-1]["step"] if init.history else 0
         same = all(init.settings.get(k) == v for k, v in (("steps", steps), ("iters", iters), ("scheduler", scheduler)))

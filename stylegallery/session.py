@@ -107,10 +107,18 @@ class Session:
         for later in STAGES[STAGES.index(stage):]:
             self.results[later] = None
 
+    def _current(self, stage: str) -> bool:
+        """Whether ``stage`` has a result that still holds: a stylization made with another LoRA (the pipe's
+        changed, e.g. by another session's preset) does not."""
+        result = self.results[stage]
+        if stage == "stylize" and result is not None:
+            return result.settings.get("model", self.pipe.stylize_model) == self.pipe.stylize_model
+        return result is not None
+
     @property
     def stale(self) -> list[str]:
         """Stages without a current result, in order."""
-        return [stage for stage in STAGES if self.results[stage] is None]
+        return [stage for stage in STAGES if not self._current(stage)]
 
     def _inputs(self, stage: str) -> tuple:
         if stage == "prepare":
@@ -122,14 +130,15 @@ class Session:
         """Run the stale stages up to ``until`` and return its result.
 
         ``refine=True``: a stale stylization continues from :attr:`last_stylization` (warm re-run, see
-        :meth:`StyleGallery.stylize`'s ``init`` and ``start_step``) instead of starting over; :attr:`last_run`
-        says which happened. ``callback``, ``preview_every`` and ``preview`` go to stylize;
+        :meth:`StyleGallery.stylize`'s ``init`` and ``start_step``) instead of starting over, and one stopped
+        early resumes where it stopped; :attr:`last_run` says which happened. ``callback``, ``preview_every`` and ``preview`` go to stylize;
         ``on_stage(stage, result, seconds)`` is called after each stage that ran.
         """
         if until not in STAGES:
             raise StyleGalleryError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
         for stage in STAGES[: STAGES.index(until) + 1]:
-            if self.results[stage] is not None:
+            resume = stage == "stylize" and refine and self._current(stage) and self.results[stage].stopped_early
+            if self._current(stage) and not resume:
                 continue
             kwargs = dict(self.settings[stage])
             if stage in ("invert", "segment", "stylize"):

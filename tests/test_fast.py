@@ -97,7 +97,7 @@ def test_presets_set_the_release_values_and_the_scheduler_timesteps(lora_pipe, s
     assert lcm == dict(steps=28, iters=3, lr=0.25, c_ratio=0.33, scheduler="lcm")
     assert lora_pipe.use_preset("hyper-sd") == dict(steps=28, iters=3, lr=0.15, c_ratio=0.38, scheduler="euler-trailing")
     # a LoRA of the user's own is kept: the preset gives only its settings
-    assert lora_pipe.lora is not None and lora_pipe._lora_preset is None
+    assert lora_pipe.lora is not None and lora_pipe.lora_preset is None
     result = lora_pipe.stylize(*scene, **dict(lcm, steps=4), progress=False)
     expected = LCMScheduler.from_config(lora_pipe.scheduler.config)
     expected.set_timesteps(4)
@@ -121,7 +121,7 @@ def test_a_preset_loads_its_lora_and_settings_given_win():
     out = pipe(content, refs, size=64, preset="fast", steps=2, inversion_steps=2, max_clusters=3, progress=False)
     settings = out.stylization.settings
     assert (settings["steps"], settings["iters"], settings["lr"], settings["scheduler"]) == (2, 3, 0.25, "lcm")
-    assert settings["lora"]["source"].endswith("lora") and pipe._lora_preset == "lcm"
+    assert settings["lora"]["source"].endswith("lora") and pipe.lora_preset == "lcm"
     assert len(out.stylization.history) == 6
 
 
@@ -237,6 +237,26 @@ def test_session_refines_after_a_match_override_and_says_so(pipe):
     session.set(c_ratio=0.5)
     session.run(progress=False)
     assert session.last_run == "started over" and len(session.stylization.history) == 10
+    # a run stopped early is current, but refine resumes it where it stopped
+    session.set(c_ratio=0.6)
+    session.run(progress=False, callback=lambda info: info.step >= 4)
+    assert session.stylization.stopped_early and session.stale == []
+    session.run(progress=False, refine=True)
+    assert [h["step"] for h in session.stylization.history] == list(range(5, 11))
+    assert session.last_run.startswith("refined") and not session.stylization.stopped_early
+
+
+def test_a_stylization_made_with_another_lora_is_stale(model_dir):
+    from synthetic import planted_scene
+
+    pipe = StyleGallery.from_pretrained(str(model_dir / "sd"), semantic_model=False, depth_model=False, device="cpu")
+    (content, *refs), _ = planted_scene(64)
+    session = Session(pipe, content, refs, size=64, steps=2, inversion_steps=2, n_clusters=2)
+    session.run(progress=False)
+    pipe.load_lora_weights(str(model_dir / "lora"))  # e.g. another session switched to a fast preset
+    assert session.stale == ["stylize"]
+    session.run(progress=False)
+    assert session.stylization.settings["lora"] is not None and session.stale == []
 
 
 # ---------------------------------------------------------------- previews
