@@ -9,8 +9,8 @@ import numbers
 import os
 import time
 import warnings
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
