@@ -65,7 +65,7 @@ def measure(args) -> dict:
     device = pipe.device
     prepared = pipe.prepare(CONTENT, STYLES[: args.refs], size=args.size)
     inversion = pipe.invert(prepared, progress=False)
-    segmentation = pipe.segment(prepared, inversion, progress=False)
+    segmentation = pipe.segment(prepared, inversion, n_clusters=args.regions or None, progress=False)
     matching = pipe.match(prepared, inversion, segmentation)
     stages = (prepared, inversion, segmentation, matching)
 
@@ -81,6 +81,7 @@ def measure(args) -> dict:
 
     # previews: a few steps with a callback, without and with a linear preview every step (alternating)
     few = dict(settings, steps=max(2, args.preview_steps))
+    pipe.stylize(*stages, **few, progress=False)  # fills the feature cache for this schedule's timesteps
     per_step = {"callback only": [], "linear preview every step": []}
     for _ in range(2):
         for kind, every in (("callback only", 0), ("linear preview every step", 1)):
@@ -118,7 +119,7 @@ def render(r: dict) -> str:
     s = r["settings"]
     lines = [
         f"Model `{r['model']}` on {r['device']} ({r['dtype']}), {r['size']} px, {r['refs']} references, "
-        f"{r['regions']} content regions; stylize {s['steps']} timesteps x {s['iters']} (scheduler {s.get('scheduler', 'ddim')}"
+        f"{r['regions']} content region(s); stylize {s['steps']} timesteps x {s['iters']} (scheduler {s.get('scheduler', 'ddim')}"
         f"{', LoRA ' + r['lora']['source'] if r['lora'] else ''}); override: content region 0 to its second-best "
         f"style region {r['override']['to']}.",
         "",
@@ -136,7 +137,7 @@ def render(r: dict) -> str:
         f"- live preview (`preview=\"linear\"`, every step): the call alone {call * 1e3:.2f} ms, "
         f"{100 * call / step:.3f}% of a {step:.2f} CPU s step ({'met' if call / step <= 0.05 else 'NOT met'}: target <= 5%); "
         f"steps with it {with_preview:.2f} CPU s against {step:.2f} without ({100 * (with_preview / step - 1):+.1f}%, "
-        f"median of 2 runs of {r['preview']['steps']} steps each, which is within run-to-run noise)",
+        f"median of 2 runs of {r['preview']['steps']} steps each, alternating, feature cache warm)",
         f"- peak memory of the three runs: {r['peak_memory']['peak'] / 2**30:.2f} GiB ({r['peak_memory']['kind']})",
     ]
     return "\n".join(lines)
@@ -153,6 +154,8 @@ def main(argv=None) -> None:
                                                                "takes 15 min per run on a 2-core CPU; ignored "
                                                                "with --fast, which runs the preset's)")
     parser.add_argument("--preview-steps", type=int, default=4)
+    parser.add_argument("--regions", type=int, default=4, help="content regions (k forced: random weights give "
+                                                                "one adaptive cluster); 0 = adaptive")
     parser.add_argument("--fast", choices=("lcm", "hyper-sd"), default=None, help="run the fast preset")
     parser.add_argument("--lora", default=None, help="LoRA folder or id (with --fast: instead of the preset's)")
     parser.add_argument("--low-memory", action="store_true", help="CPU offload (GPU) and gradient checkpointing")

@@ -220,6 +220,8 @@ class StyleGallery:
         pipe = cls(backbone, extras["semantic"], extras["depth"], cache=cache)
         pipe.test_models = test_folder is not None
         pipe._test_folder = test_folder
+        if model is not None and (Path(model) / "stylegallery_test_model.json").is_file():
+            pipe._test_folder = Path(model).parent  # a make-test-model folder: its presets use its random LoRA
         if lora is not None:
             pipe.load_lora_weights(lora, weight_name=lora_weight_name)
         return pipe
@@ -258,7 +260,7 @@ class StyleGallery:
         and return its stylize settings.
 
         Loads the preset's LoRA unless a LoRA of your own is loaded (which is kept). With the random-weight
-        test models the preset uses their random LoRA instead of the Hub's.
+        test models (``tiny``, ``sd15`` or a ``make-test-model`` folder) the preset uses their random LoRA.
         """
         preset = get_preset(name)
         if self.lora is None or (self._lora_preset is not None and self._lora_preset != preset.name):

@@ -125,6 +125,12 @@ def test_a_preset_loads_its_lora_and_settings_given_win():
     assert len(out.stylization.history) == 6
 
 
+def test_a_make_test_model_folder_brings_its_lora_to_the_presets(model_dir):
+    pipe = StyleGallery.from_pretrained(str(model_dir / "sd"), semantic_model=False, depth_model=False, device="cpu")
+    assert pipe.use_preset("hyper-sd")["scheduler"] == "euler-trailing"
+    assert pipe.lora.info.source == str(model_dir / "lora") and pipe.lora_preset == "hyper-sd"
+
+
 def test_a_lora_that_cannot_be_loaded_is_a_clear_error(model_dir, tmp_path, pipe):
     state = load_file(str(model_dir / "lora" / "pytorch_lora_weights.safetensors"))
     cases = {
