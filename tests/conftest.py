@@ -37,3 +37,11 @@ def planted_run(pipe):
     prepared = pipe.prepare(content, refs, size=256)
     inversion = pipe.invert(prepared, progress=False)
     return prepared, inversion, labels
+
+
+@pytest.fixture(scope="session")
+def planted_stages(pipe, planted_run):
+    """The planted run segmented into 3 regions per image (no depth) and matched: the inputs of stylize."""
+    prepared, inversion, _ = planted_run
+    segmentation = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
+    return prepared, inversion, segmentation, pipe.match(prepared, inversion, segmentation)

@@ -184,30 +184,23 @@ def test_cli_fast_with_a_lora_folder_end_to_end(model_dir, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- warm re-runs
-@pytest.fixture(scope="module")
-def base_scene(pipe, planted_run):
-    prepared, inversion, _ = planted_run
-    segmentation = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
-    return prepared, inversion, segmentation, pipe.match(prepared, inversion, segmentation)
-
-
-def test_a_warm_rerun_continues_from_the_earlier_latent_over_the_last_timesteps(pipe, base_scene):
-    cold = pipe.stylize(*base_scene, steps=10, progress=False)
+def test_a_warm_rerun_continues_from_the_earlier_latent_over_the_last_timesteps(pipe, planted_stages):
+    cold = pipe.stylize(*planted_stages, steps=10, progress=False)
     seen = []
-    warm = pipe.stylize(*base_scene, steps=10, init=cold, callback=lambda info: seen.append(info.latent), progress=False)
+    warm = pipe.stylize(*planted_stages, steps=10, init=cold, callback=lambda info: seen.append(info.latent), progress=False)
     assert [h["step"] for h in warm.history] == list(range(8, 11))  # the last 30% of 10 timesteps
     assert [h["timestep"] for h in warm.history] == [h["timestep"] for h in cold.history[7:]]
     assert warm.settings["warm"] and warm.settings["start_step"] == 7 and not cold.settings["warm"]
     # it started from the earlier latent: one Adam step away from it (at most lr per element), not from z_T
     assert (seen[0] - cold.latent).abs().max() <= 0.05 + 1e-6
-    explicit = pipe.stylize(*base_scene, steps=10, init=cold, start_step=2, progress=False)
+    explicit = pipe.stylize(*planted_stages, steps=10, init=cold, start_step=2, progress=False)
     assert [h["step"] for h in explicit.history] == list(range(3, 11))
 
 
-def test_a_stopped_run_resumes_where_it_stopped(pipe, base_scene):
-    stopped = pipe.stylize(*base_scene, steps=8, iters=2, callback=lambda info: info.step >= 6, progress=False)
+def test_a_stopped_run_resumes_where_it_stopped(pipe, planted_stages):
+    stopped = pipe.stylize(*planted_stages, steps=8, iters=2, callback=lambda info: info.step >= 6, progress=False)
     assert stopped.stopped_early and stopped.history[-1]["step"] == 6
-    resumed = pipe.stylize(*base_scene, steps=8, iters=2, init=stopped, progress=False)
+    resumed = pipe.stylize(*planted_stages, steps=8, iters=2, init=stopped, progress=False)
     assert [h["step"] for h in resumed.history] == list(range(7, 17))
     assert resumed.history[0]["timestep"] == resumed.history[1]["timestep"] != stopped.history[-1]["timestep"]
 
@@ -218,13 +211,13 @@ def test_a_stopped_run_resumes_where_it_stopped(pipe, base_scene):
     ("other size", "another size"),
     ("not a result", "must be an earlier Stylization"),
 ])
-def test_impossible_warm_reruns_are_refused(pipe, base_scene, case, message):
-    cold = pipe.stylize(*base_scene, steps=2, progress=False)
+def test_impossible_warm_reruns_are_refused(pipe, planted_stages, case, message):
+    cold = pipe.stylize(*planted_stages, steps=2, progress=False)
     kwargs = {"no init": dict(start_step=1), "too late": dict(init=cold, start_step=2),
               "other size": dict(init=type(cold)(cold.latent[..., :8, :8], cold.pixels, [], False, cold.settings)),
               "not a result": dict(init=cold.latent)}[case]
     with pytest.raises(StyleGalleryError, match=message):
-        pipe.stylize(*base_scene, steps=2, progress=False, **kwargs)
+        pipe.stylize(*planted_stages, steps=2, progress=False, **kwargs)
 
 
 def test_session_refines_after_a_match_override_and_says_so(pipe):
@@ -266,11 +259,11 @@ def test_a_stylization_made_with_another_lora_is_stale(model_dir):
 
 
 # ---------------------------------------------------------------- previews
-def test_the_linear_preview_shows_the_decoded_colours(pipe, base_scene):
+def test_the_linear_preview_shows_the_decoded_colours(pipe, planted_stages):
     """The tiny VAE decodes a latent through the inverse of SD 1.5's linear fit, so the linear preview must
     match the decoded image averaged over 8 x 8 blocks."""
     infos = []
-    result = pipe.stylize(*base_scene, steps=4, preview_every=1, callback=infos.append, progress=False)
+    result = pipe.stylize(*planted_stages, steps=4, preview_every=1, callback=infos.append, progress=False)
     assert [i.preview is not None for i in infos] == [True] * 4
     preview = np.asarray(infos[-1].preview, dtype=float)
     decoded = np.asarray(result.image, dtype=float)
@@ -279,7 +272,7 @@ def test_the_linear_preview_shows_the_decoded_colours(pipe, base_scene):
     assert np.asarray(pipe.preview(result.latent, "vae")).shape == (256, 256, 3)
 
 
-def test_tiny_vae_previews_load_through_diffusers(pipe, tmp_path, base_scene):
+def test_tiny_vae_previews_load_through_diffusers(pipe, tmp_path, planted_stages):
     from diffusers import AutoencoderTiny
 
     AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
@@ -289,7 +282,7 @@ def test_tiny_vae_previews_load_through_diffusers(pipe, tmp_path, base_scene):
     pipe.load_tiny_vae(str(tmp_path / "taesd"))
     try:
         infos = []
-        pipe.stylize(*base_scene, steps=2, preview_every=2, preview="tiny-vae", callback=infos.append, progress=False)
+        pipe.stylize(*planted_stages, steps=2, preview_every=2, preview="tiny-vae", callback=infos.append, progress=False)
         assert infos[0].preview is None and infos[1].preview.size == (256, 256)
     finally:
         pipe._tiny_vae = None

@@ -10,10 +10,8 @@ from stylegallery.style_loss import region_plan, region_style_loss, style_target
 
 
 @pytest.fixture(scope="module")
-def staged(pipe, planted_run):
-    prepared, inversion, _ = planted_run
-    seg = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
-    return prepared, inversion, seg, pipe.match(prepared, inversion, seg)
+def staged(planted_stages):
+    return planted_stages
 
 
 def test_stylize_lowers_the_total_loss(pipe, staged):
