@@ -20,6 +20,7 @@ from PIL import Image
 
 from . import matching as M
 from .attention import feature_block_index, install_recorder
+from .attention_maps import AttentionMaps, attention_maps
 from .cache import TensorCache, cache_key
 from .errors import StyleGalleryError
 from .fast import SCHEDULERS, FusedLora, Preset, get_preset, optimization_timesteps, read_lora
@@ -543,6 +544,41 @@ class StyleGallery:
         style_k = {layer: torch.cat([e[f"k{layer}"] for e in entries[1:]], dim=1) for layer in layers}
         style_v = {layer: torch.cat([e[f"v{layer}"] for e in entries[1:]], dim=1) for layer in layers}
         return content, style_k, style_v
+
+    def timesteps(self, steps: int = 150, scheduler: str = "ddim") -> list[int]:
+        """The timesteps stylize runs, noisy to clean, for ``steps`` and ``scheduler``."""
+        check_settings(steps=steps, scheduler=scheduler)
+        return optimization_timesteps(scheduler, self.scheduler, steps)
+
+    def attention_maps(self, prepared: Prepared, segmentation: Segmentation, matching: Matching, points, *,
+                       timestep: int | None = None, layer: int | None = None, mode: str = "zeroed",
+                       head: int | None = None, query_scale: float = 1.5,
+                       feature_precision: torch.dtype = torch.float16) -> AttentionMaps:
+        """Where each content point attends in the references under the style loss's target attention.
+
+        ``points``: (y, x) pixel coordinates of the working image, or content region ids (mean over the
+        region). Queries are the clean content's at ``timestep`` (default: stylize's first), scaled by
+        ``query_scale``; keys are the references' at ``layer`` (a loss layer, default the first). ``mode``:
+        ``"zeroed"``, ``"masked"`` or ``"plain"`` (no region restriction). ``head``: one head, or the mean.
+        The features come from the same cache as stylize's, so another point costs no UNet pass.
+        """
+        check_settings(query_scale=query_scale)
+        self._check_model(prepared)
+        if len(matching.matches) != segmentation.n_regions(0):
+            raise StyleGalleryError("the matching does not belong to this segmentation: run match again")
+        layers = list(self.recorder.layers)
+        layer = layers[0] if layer is None else layer
+        if layer not in layers:
+            raise StyleGalleryError(f"layer must be one of the loss layers {layers} (got {layer})")
+        t = self.timesteps()[0] if timestep is None else int(timestep)
+        if not 0 <= t < self.scheduler.config.num_train_timesteps:
+            raise StyleGalleryError(f"timestep must be between 0 and {self.scheduler.config.num_train_timesteps - 1}")
+        self._use_lora(True)
+        queries, keys, _ = self._attention_features(prepared, t, layers, feature_precision)
+        return attention_maps(queries[layer].cpu(), keys[layer].cpu(), segmentation.labels[0],
+                              list(segmentation.labels[1:]), matching.matches, points,
+                              tuple(prepared.pixels.shape[-2:]), mode=mode, head=head, query_scale=query_scale,
+                              timestep=t, layer=layer)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from .matching import enclosing_circles
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 
 __all__ = [
-    "before_after", "feature_pca", "image_names", "loss_curves", "match_circles", "match_matrix", "match_parts",
+    "attention_map", "before_after", "feature_pca", "image_names", "loss_curves", "match_circles", "match_matrix", "match_parts",
     "matched_pairs", "overlay_array", "pca_image", "region_overlay", "region_palette", "silhouette_curve",
     "trajectory", "upsample_labels",
 ]
@@ -451,6 +451,47 @@ def match_circles(prepared: Prepared, segmentation: Segmentation, matching: Matc
 
 
 # ---------------------------------------------------------------------------------------------- stylization
+def attention_map(prepared: Prepared, maps, point: int = 0) -> Figure:
+    """The content image with point ``point`` of ``maps`` (:class:`~stylegallery.attention_maps.AttentionMaps`)
+    marked, and each reference with that point's attention weights as a heat map, its matched style region
+    outlined, and the share of the weight inside that region in the title."""
+    count = len(prepared.names)
+    names = image_names(prepared.names)
+    fig, axes = _new((3.3 * count, 3.7), 1, count)
+    content = _rgb(prepared.pixels[0])
+    axes[0, 0].imshow(content)
+    where = maps.points[point]
+    if isinstance(where, (int, np.integer)):
+        axes[0, 0].set_title(f"{names[0]}: region {where}", fontsize=11)
+    else:
+        axes[0, 0].plot([where[1]], [where[0]], marker="+", color="white", markersize=16, markeredgewidth=3)
+        axes[0, 0].plot([where[1]], [where[0]], marker="+", color="black", markersize=12, markeredgewidth=1.5)
+        axes[0, 0].set_title(f"{names[0]}: point ({int(where[0])}, {int(where[1])}), region {maps.regions[point]}",
+                             fontsize=11)
+    axes[0, 0].set_axis_off()
+    top = max(float(m.max()) for m in maps.maps[point]) or 1.0
+    heat = colormaps["inferno"]
+    for j, ax in enumerate(axes[0, 1:]):
+        rgb = _rgb(prepared.pixels[j + 1]).astype(np.float64)
+        weights = np.asarray(Image.fromarray(maps.maps[point][j].astype(np.float32)).resize(
+            (rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST))
+        coloured = heat(np.clip(weights / top, 0, 1))[..., :3] * 255
+        grey = rgb.mean(axis=2, keepdims=True)  # the reference in grey under the colours of the heat map
+        ax.imshow(np.round(0.3 * grey + 0.7 * coloured).astype(np.uint8))
+        inside = upsample_labels(np.asarray(maps.inside[point][j], dtype=np.int64), rgb.shape[:2])
+        if inside.any():
+            _outline(ax, inside, [1], [(0.3, 1.0, 0.3)], 2.5)
+        share = float(maps.maps[point][j].sum())
+        ax.set_title(f"{names[j + 1]}: {share:.0%} of the weight", fontsize=11)
+        ax.set_axis_off()
+    match = maps.matches[point]
+    inside_share = maps.share_inside[point]
+    fig.suptitle(f'{maps.mode} attention at t = {maps.timestep}, layer {maps.layer}: '
+                 + ("keeps its content (no style attention)" if match is None else
+                    f"{inside_share:.0%} inside the matched region (green outline)"), fontsize=11)
+    return fig
+
+
 def loss_curves(history: list[dict], ax: Axes | None = None) -> Figure:
     """Total, content and per-region style loss against the optimization step (``Stylization.history``)."""
     fig, ax = _single(ax, (6, 3.6))
