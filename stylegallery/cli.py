@@ -115,6 +115,9 @@ def _run(args) -> None:
         for path, labels in zip(outputs[-len(out.prepared.names):], out.segmentation.labels):
             write_atomic(path, lambda tmp, labels=labels: region_png(labels).save(tmp, format="PNG"))
     if args.report:
+        from .metrics import region_scores
+
+        scores = region_scores(out.prepared, out.segmentation, out.matching, out.stylization)
         report = {
             "content": out.prepared.names[0],
             "styles": out.prepared.names[1:],
@@ -129,6 +132,8 @@ def _run(args) -> None:
             "regions": {name: out.segmentation.n_regions(i) for i, name in enumerate(["content"] + [f"style{j + 1}" for j in range(out.prepared.n_styles)])},
             "silhouette": out.segmentation.silhouette,
             "matches": out.matching.table(),
+            "region_scores": scores.table(),
+            "ssim": round(scores.ssim_whole, 6),
             "loss_history": [{k: h[k] for k in ("step", "timestep", "total", "content", "style")} for h in out.stylization.history],
             "timings": {k: round(v, 3) for k, v in out.timings.items()},
             "peak_memory": _peak_memory_mb(pipe.device),

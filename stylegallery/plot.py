@@ -532,3 +532,91 @@ def before_after(prepared: Prepared, stylization: Stylization) -> Figure:
         ax.set_title(title, fontsize=10, fontweight="bold" if title.startswith("result") else "normal")
         ax.set_axis_off()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def region_scores(scores, names: Sequence[str] | None = None) -> Figure:
+    """Per-region evaluation (:class:`~stylegallery.metrics.RegionScores`): a heat map of the colour distance
+    (sliced Wasserstein in Lab) of each content region of the result (rows) to every style region (columns,
+    grouped by reference), the matched one outlined in red (kept regions hatched grey) and the nearest marked
+    with a dot; and a bar of each region's SSIM with the whole image's as a dashed line. ``names``: the
+    references' names (e.g. ``image_names(prepared.names)[1:]``; default style 1, style 2, ...).
+    """
+    from matplotlib.lines import Line2D
+
+    values = np.asarray(scores.colour, dtype=np.float64).reshape(len(scores.ssim), -1)
+    rows, cols = values.shape
+    fig, axes = _new((max(7.5, 0.75 * cols + 6.0), max(3.2, 0.6 * rows + 2.0)), 1, 2,
+                     gridspec_kw={"width_ratios": [max(cols, 2), 2.5]})
+    ax, bars = axes[0]
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto", interpolation="nearest",
+                      vmin=low, vmax=high if high > low else low + 1.0)
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="colour distance (Lab)").ax.tick_params(labelsize=8)
+    if rows * cols <= 200:
+        for r in range(rows):
+            for c in range(cols):
+                if np.isfinite(values[r, c]):
+                    dark = high > low and (values[r, c] - low) / (high - low) > 0.4
+                    ax.text(c, r, f"{values[r, c]:.1f}", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+    columns = [tuple(col) for col in scores.columns]
+    references = [ref for ref, _ in columns]
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    starts = [0] + [j for j in range(1, cols) if references[j] != references[j - 1]]
+    for a, b in zip(starts, starts[1:] + [cols]):
+        if a:
+            ax.axvline(a - 0.5, color="white", linewidth=3, zorder=0.5)
+        if cols:
+            ax.text((a + b - 1) / 2, 1.01, _reference(names, references[a]), transform=top, ha="center",
+                    va="bottom", fontsize=9, fontweight="bold")
+    ax.set_xticks(range(cols), [str(region) for _, region in columns], fontsize=8)
+    ax.set_xlabel("style region")
+    ticks = []
+    for r in range(rows):
+        match = scores.matches[r] if r < len(scores.matches) else None
+        if np.isfinite(values[r]).any():
+            nearest = int(np.nanargmin(values[r]))
+            ax.plot([nearest + 0.32], [r - 0.3], marker="o", markersize=5, color="white", markeredgecolor="black",
+                    linestyle="none", gid="nearest")
+        if match is None:
+            ax.add_patch(Rectangle((-0.5, r - 0.5), cols, 1, fill=False, hatch="//", edgecolor=KEEP_COLOUR,
+                                   linewidth=1.5, gid="keep"))
+            ticks.append(f"{r}: keep")
+        else:
+            if tuple(match) in columns:
+                ax.add_patch(Rectangle((columns.index(tuple(match)) - 0.5, r - 0.5), 1, 1, fill=False, linewidth=2.5,
+                                       edgecolor=MATCH_COLOUR, gid="match"))
+            ticks.append(f"{r} -> {_reference(names, match[0])}/{match[1]}")
+    ax.set_yticks(range(rows), ticks, fontsize=8)
+    ax.set_ylabel("content region (in the result)")
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)
+    handles = [Patch(fill=False, edgecolor=MATCH_COLOUR, linewidth=2, label="match"),
+               Line2D([], [], marker="o", markersize=5, color="white", markeredgecolor="black", linestyle="none",
+                      label="nearest")]
+    if any(m is None for m in scores.matches):
+        handles.append(Patch(fill=False, edgecolor=KEEP_COLOUR, hatch="//", label="keep content"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12 if rows > 2 else -0.25),
+              ncol=len(handles), fontsize=8, frameon=False)
+
+    ssim = np.asarray(scores.ssim, dtype=np.float64)
+    palette = region_palette(rows) / 255.0
+    bars.barh(range(rows), np.nan_to_num(ssim), color=palette, height=0.6)
+    for r, value in enumerate(ssim):
+        if np.isfinite(value):
+            bars.text(max(value, 0.0) + 0.02, r, f"{value:.2f}", va="center", fontsize=8)
+    bars.axvline(scores.ssim_whole, color="black", linestyle="--", linewidth=1,
+                 label=f"whole image {scores.ssim_whole:.2f}")
+    bars.set_xlim(min(0.0, float(np.nanmin(ssim)) if np.isfinite(ssim).any() else 0.0), 1.15)
+    bars.set_ylim(rows - 0.5, -0.5)
+    bars.set_yticks(range(rows), [str(r) for r in range(rows)], fontsize=8)
+    bars.set_xlabel("SSIM of luminance (content vs result)")
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 if rows > 2 else -0.25), fontsize=8, frameon=False)
+    bars.grid(axis="x", alpha=0.3)
+    fig.suptitle("per-region evaluation: colour distance to every style region, content preservation", fontsize=11)
+    return fig
+
+
+__all__ += ["region_scores"]

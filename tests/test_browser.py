@@ -2,12 +2,13 @@
 
 For each front end a server starts on loopback with a token and a temporary root holding a small notebook that
 builds a session on the tiny test models (its stages showing tqdm's progress bars) and shows a RegionView, a
-MatchMatrix and a StageExplorer. Chromium (Playwright) runs every cell; the test checks that the overlay and the
-matrix are drawn (canvas pixels), clicks a matrix cell and reads the kernel's new match table from a re-run cell,
-merges two regions, runs the explorer (whose loss monitor shows a live preview of the latent while stylize runs),
-stops a long stylize with Stop and reads the partial result in the kernel, then saves the notebook, reloads the
-page and checks that every output still displays. Any error in the page (an uncaught exception or a console error)
-fails the test. Skipped when /usr/bin/chromium is missing.
+MatchMatrix, an AttentionView and a StageExplorer. Chromium (Playwright) runs every cell; the test checks that the
+overlay and the matrix are drawn (canvas pixels), clicks a content point of the AttentionView and checks that its
+heat maps change and that the kernel has the new point (a re-run cell prints it), clicks a matrix cell and reads
+the kernel's new match table from a re-run cell, merges two regions, runs the explorer (whose loss monitor shows
+a live preview of the latent while stylize runs), stops a long stylize with Stop and reads the partial result in
+the kernel, then saves the notebook, reloads the page and checks that every output still displays. Any error in
+the page (an uncaught exception or a console error) fails the test. Skipped when /usr/bin/chromium is missing.
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ matching = session.matching
 """ % LONG_STEPS
 SHOW_REGIONS = "view = RegionView(session, index=0, width=256)\nview"
 SHOW_MATRIX = "matrix = MatchMatrix(session)\nmatrix"
+SHOW_ATTENTION = "from stylegallery.widgets import AttentionView\nattention = AttentionView(session, width=256)\nattention"
 SHOW_EXPLORER = "from stylegallery.widgets import StageExplorer\nexplorer = StageExplorer(session)\nexplorer"
 PRINT_MATCHES = 'print("MATCHES=" + json.dumps(matching.matches))'
 PRINT_RESULT = """\
 result = session.stylization
 print("RESULT=" + json.dumps(result and {"steps": len(result.history), "stopped_early": result.stopped_early}))"""
-CELLS = (SETUP, SHOW_REGIONS, SHOW_MATRIX, SHOW_EXPLORER, PRINT_MATCHES, PRINT_RESULT)
-MATCHES, RESULT = CELLS.index(PRINT_MATCHES), CELLS.index(PRINT_RESULT)
+PRINT_POINT = 'print("POINT=" + json.dumps({"point": attention.point, "share": attention.share, "ms": attention.elapsed_ms}))'
+CELLS = (SETUP, SHOW_REGIONS, SHOW_MATRIX, SHOW_ATTENTION, SHOW_EXPLORER, PRINT_MATCHES, PRINT_POINT, PRINT_RESULT)
+MATCHES, POINT, RESULT = CELLS.index(PRINT_MATCHES), CELLS.index(PRINT_POINT), CELLS.index(PRINT_RESULT)
 
 
 def _free_port() -> int:
@@ -299,6 +302,27 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     widget = page.locator(".sg-match-matrix").first
     widget.scroll_into_view_if_needed()
     widget.screenshot(path=str(SCREENSHOTS / f"sg_{front}_match_matrix.png"))
+
+    # AttentionView: a click on the content selects a point; the kernel computes its maps and sends new heat maps
+    attention = page.locator(".sg-attention-view").first
+    page.wait_for_selector(".sg-attention-view canvas.sg-av-canvas[data-drawn='1']", timeout=30_000)
+    heat = "() => document.querySelector('.sg-attention-view img.sg-av-img').getAttribute('src')"
+    page.wait_for_function(f"() => ({heat})()?.startsWith('data:image/png')", timeout=30_000)
+    src = page.evaluate(heat)
+    assert _printed(page, POINT, "POINT")["point"] == [64, 64]  # the centre at first
+    av_canvas = attention.locator("canvas.sg-av-canvas")
+    size = av_canvas.bounding_box()
+    av_canvas.click(position={"x": 0.2 * size["width"], "y": 0.3 * size["height"]})
+    page.wait_for_function(f"(src) => ({heat})() !== src", arg=src, timeout=30_000)
+    clicked = json.loads(av_canvas.get_attribute("data-point"))
+    assert clicked != [64, 64] and abs(clicked[0] - 38) <= 1 and abs(clicked[1] - 25) <= 1, clicked
+    caption = f"point ({clicked[0]}, {clicked[1]})"  # written by the kernel
+    page.wait_for_function("(c) => document.querySelector('.sg-attention-view .sg-av-caption').textContent.startsWith(c)",
+                           arg=caption)
+    kernel = _rerun(page, POINT, "POINT")
+    assert kernel["point"] == clicked and 0 <= kernel["share"] <= 1 and kernel["ms"] < 1000, kernel
+    attention.scroll_into_view_if_needed()
+    attention.screenshot(path=str(SCREENSHOTS / f"sg_{front}_attention_view.png"))
 
     # hovering a cell shows its score parts; a click overrides content region 0 with another style region
     canvas = page.locator("canvas.sg-mm-canvas").first

@@ -22,7 +22,8 @@ from stylegallery import Session, StyleGallery  # noqa: E402
 from stylegallery.errors import StyleGalleryError  # noqa: E402
 from stylegallery.fast import PRESETS  # noqa: E402
 from stylegallery.pipeline import STAGES  # noqa: E402
-from stylegallery.widgets import Compare, LossMonitor, MatchMatrix, RegionView, StageExplorer  # noqa: E402
+from stylegallery.widgets import AttentionView, Compare, LossMonitor, MatchMatrix, RegionView, StageExplorer  # noqa: E402
+from stylegallery.widgets._common import model_lock  # noqa: E402
 
 SEGMENT = dict(max_clusters=4, use_depth=False)
 
@@ -197,6 +198,130 @@ def test_region_view_pick_logic_and_plain_labels():
     assert len(view.sizes) == 2
     frontend_message(view, {"type": "set_k", "k": 3})  # needs a session: reported, not raised
     assert view.status.startswith("⚠")
+
+
+# ---------------------------------------------------------------------------------------------- AttentionView
+def _heatmap(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return png(base64.b64decode(url.split(",", 1)[1]))
+
+
+def test_attention_view_a_click_on_the_content_computes_the_maps(pipe, session):
+    view = AttentionView(session)
+    assert view.timesteps == pipe.timesteps(4, "ddim") and view.timestep == view.timesteps[0]  # the session's run
+    assert view.layers == list(pipe.recorder.layers) and view.layer == view.layers[0] and view.head == -1
+    assert view.image_size == [128, 128] and png(view.content_png).size == (128, 128)
+    assert view.point == [64, 64] and len(view.heatmaps) == 2 and view.maps is not None  # the centre at first
+    before = list(view.heatmaps)
+
+    start = time.perf_counter()
+    frontend_update(view, point=[10, 100])  # a click on the content canvas
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0 and 0 < view.elapsed_ms < 1000, elapsed
+    maps = view.maps
+    assert view.point == [10, 100] and maps.points == [(10, 100)] and view.heatmaps != before
+    direct = pipe.attention_maps(session.prepared, session.segmentation, session.matching, [(10, 100)],
+                                 timestep=view.timestep, layer=view.layer)
+    assert view.region == direct.regions[0] == int(session.segmentation.labels[0][10 * 16 // 128, 100 * 16 // 128])
+    assert view.match == direct.matches[0] and view.share == pytest.approx(direct.share_inside[0], abs=1e-4)
+    assert sum(view.reference_shares) == pytest.approx(1.0, abs=1e-3)
+    assert all(_heatmap(url).size == (128, 128) for url in view.heatmaps)
+    assert f"content region {view.region}" in view.caption and "inside the matched region" in view.caption
+    assert view.status.startswith("zeroed · t = ") and view.status.endswith(" ms")
+
+    # the controls: the last timestep of the run, a head, another loss layer
+    frontend_update(view, timestep=view.timesteps[-1])
+    assert view.maps.timestep == view.timesteps[-1]
+    frontend_update(view, head=0)
+    assert view.maps.head == 0 and "head 0" in view.status
+    frontend_update(view, layer=view.layers[-1])
+    assert view.maps.layer == view.layers[-1] and view.heads >= 1
+    png(view._repr_png_())
+
+
+def test_attention_view_modes_masked_gives_all_the_weight_to_the_matched_region(session):
+    view = AttentionView(session)
+    segmentation, matching = session.segmentation, session.matching
+    labels = segmentation.labels[0]
+    # a point whose matched reference has keys outside the matched region
+    point = None
+    for y in range(4, 128, 16):
+        for x in range(4, 128, 16):
+            match = matching.matches[int(labels[y * labels.shape[0] // 128, x * labels.shape[1] // 128])]
+            if match is not None and segmentation.n_regions(match[0] + 1) > 1:
+                point = [y, x]
+                break
+        if point:
+            break
+    assert point is not None
+    frontend_update(view, point=point)
+    zeroed = view.share
+    assert 0 < zeroed < 1 and view.mode == "zeroed"
+    inside = view.maps.inside[0][view.match[0]]
+    assert inside.any() and not inside.all()
+    frontend_update(view, mode="masked")
+    assert view.share == pytest.approx(1.0) and view.maps.mode == "masked"
+    assert view.reference_shares[view.match[0]] == pytest.approx(1.0, abs=1e-3)
+    frontend_update(view, mode="plain")
+    assert 0 < view.share <= 1 and view.maps.mode == "plain"
+
+    matching.keep_content(view.region)  # a region that keeps its content: no share
+    view.refresh()
+    assert view.share is None and view.match is None and "keeps its content" in view.caption
+
+
+def test_attention_view_shows_bad_input_in_its_status(pipe, session):
+    view = AttentionView(session)
+    frontend_update(view, point=[500, 3])
+    assert view.status.startswith("⚠") and "outside the 128x128 image" in view.status
+    frontend_update(view, point=[20, 20])
+    assert not view.status.startswith("⚠")
+    frontend_update(view, head=view.heads)
+    assert view.status.startswith("⚠ head must be between")
+    frontend_update(view, head=-1, mode="nonsense")
+    assert view.status.startswith("⚠ mode must be one of")
+    frontend_update(view, mode="zeroed", timestep=5000)
+    assert view.status.startswith("⚠ timestep must be between")
+    frontend_update(view, timestep=view.timesteps[0])
+    assert not view.status.startswith("⚠")
+
+    lock = model_lock(pipe)  # a run holds the model: the view never waits for it
+    with lock:
+        frontend_update(view, point=[30, 30])
+        assert "another run is using the model" in view.status and view.maps.points == [(20, 20)]
+    view.refresh()
+    assert view.maps.points == [(30, 30)] and not view.status.startswith("⚠")
+
+    session.set(semantic_weight=0.5)  # match is stale
+    view.refresh()
+    assert view.status.startswith("⚠") and "run it up to 'match'" in view.status and view.heatmaps == []
+    session.run("match", progress=False)
+    view.refresh()
+    assert view.maps is not None and len(view.heatmaps) == 2
+
+    with pytest.raises(StyleGalleryError, match="needs the results"):
+        AttentionView(pipe, session.prepared)
+    plain = AttentionView(pipe, session.prepared, session.segmentation, session.matching, steps=10, scheduler="ddim",
+                          point=(5, 6), mode="masked")
+    assert plain.timesteps == pipe.timesteps(10, "ddim") and plain.point == [5, 6] and plain.share == pytest.approx(1.0)
+
+
+def test_attention_view_in_the_explorer_follows_the_matches(session):
+    explorer = StageExplorer(session)
+    view = explorer.attention_view
+    assert view is not None and view in explorer.pictures["match"].children and view.maps is not None
+    matching = session.matching
+    region = view.region
+    target = next(j for j, c in enumerate(matching.columns) if c != matching.matches[region])
+    frontend_message(explorer.match_matrix, {"type": "pick", "row": region, "col": target})  # an override
+    assert view.match == matching.columns[target] and view.maps.matches[0] == matching.columns[target]
+
+    explorer.set(max_clusters=3)  # new regions: the matches are stale until match runs again
+    assert view.status.startswith("⚠") and view.heatmaps == []
+    explorer.run("match")  # in the worker, holding the model: the view computes when the run has released it
+    assert explorer.wait(120) == ["segment", "match"]
+    assert view.maps is not None and not view.status.startswith("⚠") and len(view.heatmaps) == 2
+    assert view.maps.matches[0] == session.matching.matches[view.region]
 
 
 # ---------------------------------------------------------------------------------------------- LossMonitor
@@ -450,7 +575,8 @@ def test_no_widget_shadows_a_name_that_ipywidgets_reserves(session):
     overrides = {"_repr_mimebundle_", "_ipython_display_", "set_state", "hold_sync"}  # StaticReprMixin's, SyncGuard's
     session.run(progress=False)
     image = Image.new("RGB", (64, 64))
-    widgets = [RegionView(session), MatchMatrix(session), LossMonitor(), Compare(image, image), StageExplorer(session)]
+    widgets = [RegionView(session), MatchMatrix(session), LossMonitor(), Compare(image, image), StageExplorer(session),
+               AttentionView(session)]
     # what the base classes give a subclass (traitlets' bookkeeping) and an instance (hold_sync leaves a flag)
     generated, bare = {}, {}
     for base in (anywidget.AnyWidget, W.VBox):
@@ -474,7 +600,7 @@ def test_every_widget_has_a_static_png(session):
     session.run(progress=False)
     explorer = StageExplorer(session)
     widgets = [RegionView(session, index=0), MatchMatrix(session), LossMonitor(history=session.stylization),
-               Compare.from_session(session), explorer, LossMonitor()]
+               Compare.from_session(session), explorer, LossMonitor(), AttentionView(session)]
     for widget in widgets:
         picture = png(widget._repr_png_())
         assert picture.width > 100 and picture.height > 50, type(widget).__name__

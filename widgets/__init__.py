@@ -1,16 +1,18 @@
 """Jupyter widgets for StyleGallery (anywidget; JupyterLab 4, Notebook 7, VS Code, Colab with ipywidgets 7 or 8).
 
 ``RegionView`` (regions over an image: hover, pick, merge, re-segment with a chosen k), ``MatchMatrix``
-(click a cell to override a match, keep content), ``LossMonitor`` (live loss curves and previews with a
-Stop button), ``Compare`` (before/after slider) and ``StageExplorer`` (a fold per stage with its settings, Run
-button and pictures; the stages run in a worker thread, so Stop takes effect). Each widget also carries a static
-PNG for notebooks viewed without a kernel.
+(click a cell to override a match, keep content), ``AttentionView`` (click a content point: where the style
+loss's target attention sends it in every reference, by timestep, layer, head and mode), ``LossMonitor`` (live
+loss curves and previews with a Stop button), ``Compare`` (before/after slider) and ``StageExplorer`` (a fold
+per stage with its settings, Run button and pictures; the stages run in a worker thread, so Stop takes effect).
+Each widget also carries a static PNG for notebooks viewed without a kernel.
 """
 
+from .attention_view import AttentionView
 from .compare import Compare
 from .explorer import StageExplorer
 from .loss_monitor import LossMonitor
 from .match_matrix import MatchMatrix
 from .region_view import RegionView
 
-__all__ = ["Compare", "LossMonitor", "MatchMatrix", "RegionView", "StageExplorer"]
+__all__ = ["AttentionView", "Compare", "LossMonitor", "MatchMatrix", "RegionView", "StageExplorer"]

@@ -15,6 +15,7 @@ from stylegallery.pipeline import STAGES
 from stylegallery.session import Session
 
 from ._common import RUNNING, StaticReprMixin, check_idle, model_lock, montage, overlay, png_bytes, start_thread
+from .attention_view import AttentionView
 from .compare import Compare
 from .loss_monitor import LossMonitor
 from .match_matrix import MatchMatrix
@@ -155,6 +156,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.monitor = LossMonitor()
         self.region_views: list[RegionView] = []
         self.match_matrix: MatchMatrix | None = None
+        self.attention_view: AttentionView | None = None
         self.compare: Compare | None = None
 
         self.controls: dict[str, dict[str, W.Widget]] = {}
@@ -220,6 +222,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         except StyleGalleryError as exc:
             self._errors[stage] = str(exc)
         self._refresh()
+        self._refresh_attention()  # stale matches, or the timesteps of other stylize settings
 
     def set(self, **settings) -> list[str]:
         """Change settings like the controls do (the controls follow); returns the stale stages."""
@@ -232,6 +235,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
             else:
                 self.session.set(**{name: value})
         self._refresh()
+        self._refresh_attention()
         return self.stale
 
     def use_preset(self, name: str | None) -> list[str]:
@@ -274,6 +278,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         else:
             self._errors["stylize"] = error
         self._refresh()
+        self._refresh_attention()
 
     def _state(self, stage: str) -> tuple[str, str]:
         """A stage's badge kind and text."""
@@ -401,6 +406,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 return self._run_stages(until, refine)
             finally:
                 lock.release()
+                self._refresh_attention()
         except Exception as exc:  # outside a stage (e.g. drawing its pictures); kept as last_error
             self.last_error = exc
             self._running = None
@@ -466,6 +472,13 @@ class StageExplorer(StaticReprMixin, W.VBox):
             if self.match_matrix.matching is not self.session.matching:
                 self.match_matrix.refresh()
         self._refresh()
+        self._refresh_attention()
+
+    def _refresh_attention(self) -> None:
+        """The attention view follows the session's regions, matches and stylize settings (it says when the
+        matches are stale); a run holding the model defers its maps until this is called after the run."""
+        if self.attention_view is not None:
+            self.attention_view.refresh()
 
     def _show(self, stage: str, result) -> None:
         session = self.session
@@ -490,9 +503,14 @@ class StageExplorer(StaticReprMixin, W.VBox):
             if self.match_matrix is None:
                 self.match_matrix = MatchMatrix(session)
                 self.match_matrix.on_edit(self._on_edit)
-                box.children = [self.match_matrix]
+                # where a content point attends under the style loss (in a run's worker the model is busy: its
+                # maps come when the run has released the model, see _run)
+                self.attention_view = AttentionView(session, width=192, reference_width=144)
+                box.children = [self.match_matrix, self.attention_view]
             else:
                 self.match_matrix.refresh()
+                if session not in RUNNING:  # a run refreshes it when it has released the model
+                    self._refresh_attention()
         elif stage == "stylize":
             if len(self.monitor.steps) != len(result.history):  # a result not made by this explorer's run
                 self.monitor.show(result)
