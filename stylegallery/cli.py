@@ -115,9 +115,7 @@ def _run(args) -> None:
         for path, labels in zip(outputs[-len(out.prepared.names):], out.segmentation.labels):
             write_atomic(path, lambda tmp, labels=labels: region_png(labels).save(tmp, format="PNG"))
     if args.report:
-        from .metrics import region_scores
-
-        scores = region_scores(out.prepared, out.segmentation, out.matching, out.stylization)
+        scores = pipe.region_scores(out.prepared, out.segmentation, out.matching, out.stylization)
         report = {
             "content": out.prepared.names[0],
             "styles": out.prepared.names[1:],
@@ -134,6 +132,7 @@ def _run(args) -> None:
             "matches": out.matching.table(),
             "region_scores": scores.table(),
             "ssim": round(scores.ssim_whole, 6),
+            "content_loss": round(scores.content_loss_whole, 6),
             "loss_history": [{k: h[k] for k in ("step", "timestep", "total", "content", "style")} for h in out.stylization.history],
             "timings": {k: round(v, 3) for k, v in out.timings.items()},
             "peak_memory": _peak_memory_mb(pipe.device),

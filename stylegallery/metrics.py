@@ -8,7 +8,8 @@ For every content region, :func:`region_scores` measures
   mean and standard deviation of SD's VAE latent (4 channels, latent resolution) of the stylized latent inside the
   region and of the style reference's latent inside a style region;
 * **content preservation**: SSIM of luminance between the content image and the result (:func:`ssim`), for the
-  whole image and averaged inside each region;
+  whole image and averaged inside each region, and, through ``StyleGallery.region_scores``, stage 4's content
+  loss per region (it needs the UNet);
 
 each against the matched style region and against every style region of every reference, so one can check that
 the region moved toward its match rather than toward another. :func:`lpips` adds LPIPS where the optional
@@ -190,6 +191,8 @@ class RegionScores:
     ssim_whole: float  # SSIM of luminance of the whole image
     share: np.ndarray  # (R,) share of the image's pixels in each region
     settings: dict = field(default_factory=dict)
+    content_loss: np.ndarray | None = None  # (R,) stage 4's content loss per region (StyleGallery.region_scores)
+    content_loss_whole: float | None = None
 
     @property
     def n_regions(self) -> int:
@@ -236,6 +239,7 @@ class RegionScores:
                 "nearest_latent": self._nearest(self.latent, r),
                 "moved_toward_match": moved[r],
                 "ssim": _value(self.ssim[r]),
+                "content_loss": None if self.content_loss is None else _value(self.content_loss[r]),
             })
         return rows
 
@@ -252,6 +256,8 @@ class RegionScores:
             "latent": matrix(self.latent),
             "ssim": [_value(v) for v in self.ssim],
             "ssim_whole": _value(self.ssim_whole),
+            "content_loss": None if self.content_loss is None else [_value(v) for v in self.content_loss],
+            "content_loss_whole": None if self.content_loss_whole is None else _value(self.content_loss_whole),
             "share": [_value(v) for v in self.share],
             "moved_toward_match": self.moved_toward_match,
             "settings": dict(self.settings),
@@ -261,7 +267,7 @@ class RegionScores:
 
 def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matching, stylization: Stylization,
                   n_projections: int = N_PROJECTIONS, n_quantiles: int = N_QUANTILES, max_points: int | None = MAX_POINTS,
-                  seed: int = 0) -> RegionScores:
+                  seed: int = 0, content_loss: tuple[float, np.ndarray] | None = None) -> RegionScores:
     """Evaluate ``stylization`` region by region against every style region (columns of ``matching.columns``).
 
     Colour: sliced Wasserstein distance in Lab (``n_projections`` directions from ``seed``, each set summarised by
@@ -270,7 +276,8 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
     (``segmentation.labels[0]`` upsampled to the image) and the pixels of each style region of
     ``prepared.pixels[1 + reference]``; also from the content image, as a before value. Latent: :func:`latent_stat_distance` between ``stylization.latent`` in
     each content region and ``prepared.latents[1 + reference]`` in each style region. SSIM: :func:`ssim` of the
-    content image and the result.
+    content image and the result. ``content_loss``: (whole, per region) to record, as
+    ``StyleGallery.content_loss_regions`` gives.
     """
     result = _hwc(stylization.pixels)
     content = _hwc(prepared.pixels[0])
@@ -336,8 +343,11 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
                else None for r in range(n_content)]
     settings = dict(n_projections=n_projections, n_quantiles=n_quantiles, max_points=max_points, seed=seed,
                     colour_space="Lab")
+    if content_loss is not None and len(content_loss[1]) != n_content:
+        raise StyleGalleryError("the content loss does not belong to this segmentation")
     return RegionScores(columns, matches, distances(result_sig), distances(content_sig), latent, per_region, whole,
-                        share, settings)
+                        share, settings, None if content_loss is None else np.asarray(content_loss[1], float),
+                        None if content_loss is None else float(content_loss[0]))
 
 
 # ------------------------------------------------------------------------------------------------ LPIPS

@@ -30,11 +30,14 @@ from .models import (
     DEFAULT_DEPTH_MODEL, DEFAULT_MODEL, DEFAULT_SEMANTIC_MODEL, TEST_MODEL_NAMES, Backbone, ModelUnavailable, _load,
     load_backbone, load_depth, load_semantic, resolve_device, resolve_dtype, test_model_folder,
 )
+from .metrics import RegionScores, region_scores
 from .preview import DEFAULT_TINY_VAE, PREVIEWS, linear_preview, tiny_vae_preview
 from .progress import tqdm
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization, to_pixels
 from .segmentation import segment_features
-from .style_loss import REGION_ATTENTION_MODES, content_loss, region_plan, region_style_loss, style_targets
+from .style_loss import (
+    REGION_ATTENTION_MODES, content_loss, region_plan, region_style_loss, style_targets, token_labels,
+)
 
 STAGES = ("prepare", "invert", "segment", "match", "stylize")
 
@@ -164,6 +167,7 @@ class StyleGallery:
         self._lora_preset: str | None = None  # the preset that loaded self.lora, if one did
         self._test_folder = None
         self._tiny_vae = None
+        self._last_result_queries = None  # (stylization, (t, model), queries): see _result_queries
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -552,15 +556,19 @@ class StyleGallery:
 
     def attention_maps(self, prepared: Prepared, segmentation: Segmentation, matching: Matching, points, *,
                        timestep: int | None = None, layer: int | None = None, mode: str = "zeroed",
-                       head: int | None = None, query_scale: float = 1.5,
+                       head: int | None = None, query_scale: float = 1.5, stylization: Stylization | None = None,
                        feature_precision: torch.dtype = torch.float16) -> AttentionMaps:
         """Where each content point attends in the references under the style loss's target attention.
 
         ``points``: (y, x) pixel coordinates of the working image, or content region ids (mean over the
-        region). Queries are the clean content's at ``timestep`` (default: stylize's first), scaled by
+        region). Queries are the clean content's at ``timestep`` (default: the first of a 150-step DDIM run; pass
+        one of ``timesteps(steps, scheduler)`` to reuse a run's cached features), scaled by
         ``query_scale``; keys are the references' at ``layer`` (a loss layer, default the first). ``mode``:
         ``"zeroed"``, ``"masked"`` or ``"plain"`` (no region restriction). ``head``: one head, or the mean.
         The features come from the same cache as stylize's, so another point costs no UNet pass.
+        ``stylization``: use the queries of that result's latent instead of the clean content's (the loss's target
+        takes the current latent's own queries, so this shows where the result's points attended at the end of
+        the run); one UNet pass per timestep, kept for the next call.
         """
         check_settings(query_scale=query_scale)
         self._check_model(prepared)
@@ -575,10 +583,64 @@ class StyleGallery:
             raise StyleGalleryError(f"timestep must be between 0 and {self.scheduler.config.num_train_timesteps - 1}")
         self._use_lora(True)
         queries, keys, _ = self._attention_features(prepared, t, layers, feature_precision)
+        if stylization is not None:
+            queries = self._result_queries(prepared, stylization, t)
         return attention_maps(queries[layer].cpu(), keys[layer].cpu(), segmentation.labels[0],
                               list(segmentation.labels[1:]), matching.matches, points,
                               tuple(prepared.pixels.shape[-2:]), mode=mode, head=head, query_scale=query_scale,
                               timestep=t, layer=layer)
+
+    @torch.no_grad()
+    def content_loss_regions(self, prepared: Prepared, segmentation: Segmentation, stylization: Stylization, *,
+                             timestep: int | None = None,
+                             feature_precision: torch.dtype = torch.float16) -> tuple[float, np.ndarray]:
+        """Stage 4's content loss of a result, ``sum over loss layers of mean |Q - Q_c|``, for the whole image and
+        per content region (the mean over the region's tokens), as (whole, (R,) array; NaN for a region with no
+        token at some layer). ``timestep``: default the last one the stylization ran; one UNet pass."""
+        self._check_model(prepared)
+        layers = sorted(stylization.settings.get("loss_layers") or self.default_loss_layers)
+        if timestep is None:
+            timestep = self.timesteps(stylization.settings.get("steps", 150),
+                                      stylization.settings.get("scheduler", "ddim"))[-1]
+        self._use_lora(True)
+        q_content, _, _ = self._attention_features(prepared, int(timestep), layers, feature_precision)
+        q_result = self._result_queries(prepared, stylization, int(timestep))
+        n_regions = segmentation.n_regions(0)
+        whole, per_region = 0.0, np.zeros(n_regions)
+        for layer in layers:
+            gap = (q_result[layer].float() - q_content[layer].float()).abs()  # (heads, N, d)
+            whole += float(gap.mean())
+            per_token = gap.mean((0, 2)).double().cpu()
+            tokens = token_labels(segmentation.labels[0], per_token.shape[0])
+            counts = torch.bincount(tokens, minlength=n_regions)[:n_regions].double()
+            sums = torch.bincount(tokens, weights=per_token, minlength=n_regions)[:n_regions]
+            per_region += (sums / counts).numpy()  # 0 / 0 = NaN for a region without tokens here
+        return whole, per_region
+
+    @torch.no_grad()
+    def _result_queries(self, prepared: Prepared, stylization: Stylization, t: int) -> dict[int, torch.Tensor]:
+        """The loss layers' queries (heads, N, d) of a result's latent at timestep ``t``; the last call's are kept."""
+        made_with = stylization.settings.get("model")
+        if made_with is not None and made_with != self.stylize_model:
+            raise StyleGalleryError("this result was made with another model or LoRA than the one loaded now: load "
+                                    "that model again to look inside the result")
+        if tuple(stylization.latent.shape[-2:]) != tuple(prepared.latents.shape[-2:]):
+            raise StyleGalleryError("this result does not belong to these prepared images (its size differs)")
+        last = self._last_result_queries
+        if last is None or last[0] is not stylization or last[1] != (t, self.stylize_model):
+            self._use_lora(True)
+            latent = stylization.latent.reshape(1, *stylization.latent.shape[-3:]).to(self.device, self.dtype)
+            records = self.recorder.run(self.unet, latent, t, self.backbone.embedding, keep=("q",))
+            last = self._last_result_queries = (stylization, (t, self.stylize_model),
+                                                {layer: r["q"][0] for layer, r in records.items()})
+        return last[2]
+
+    def region_scores(self, prepared: Prepared, segmentation: Segmentation, matching: Matching,
+                      stylization: Stylization, **options) -> RegionScores:
+        """:func:`stylegallery.metrics.region_scores` with the content loss per region
+        (:meth:`content_loss_regions`) filled in; ``options`` go to ``metrics.region_scores``."""
+        content_loss = self.content_loss_regions(prepared, segmentation, stylization)
+        return region_scores(prepared, segmentation, matching, stylization, content_loss=content_loss, **options)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 
 __all__ = [
     "attention_map", "before_after", "feature_pca", "image_names", "loss_curves", "match_circles", "match_matrix", "match_parts",
-    "matched_pairs", "overlay_array", "pca_image", "region_overlay", "region_palette", "silhouette_curve",
+    "matched_pairs", "overlay_array", "pca_image", "region_overlay", "region_palette", "region_scores", "silhouette_curve",
     "trajectory", "upsample_labels",
 ]
 
@@ -618,5 +618,3 @@ def region_scores(scores, names: Sequence[str] | None = None) -> Figure:
     fig.suptitle("per-region evaluation: colour distance to every style region, content preservation", fontsize=11)
     return fig
 
-
-__all__ += ["region_scores"]

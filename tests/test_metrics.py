@@ -167,7 +167,8 @@ def test_cli_report_has_region_scores(model_dir, tmp_path, capsys):
     data = json.loads(report.read_text())
     assert len(data["region_scores"]) == data["regions"]["content"]
     assert {"content_region", "colour_distance", "latent_stat_distance", "moved_toward_match", "ssim"} <= set(data["region_scores"][0])
-    assert -1 <= data["ssim"] <= 1
+    assert -1 <= data["ssim"] <= 1 and data["content_loss"] > 0
+    assert all(row["content_loss"] > 0 for row in data["region_scores"])
 
 
 def test_lpips_without_torchmetrics_says_what_to_install(monkeypatch):
@@ -190,3 +191,28 @@ def test_lpips_offline_without_weights_says_what_to_download(monkeypatch, tmp_pa
             lpips(image, image)
     finally:
         torch.hub.set_dir(old)
+
+
+def test_content_loss_per_region_is_zero_for_the_content_and_averages_to_the_whole(pipe, planted_run):
+    from stylegallery.style_loss import token_labels
+
+    prepared, inversion, _ = planted_run
+    segmentation = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
+    layers = pipe.default_loss_layers
+    settings = dict(steps=4, scheduler="ddim", loss_layers=layers[:1], model=pipe.stylize_model)
+    pixels = prepared.pixels[0]
+    same = Stylization(prepared.latents[:1].clone(), pixels, [], False, settings)
+    noise = Stylization(torch.randn(1, *prepared.latents.shape[1:], generator=torch.Generator().manual_seed(0)),
+                        pixels, [], False, settings)
+    whole0, regions0 = pipe.content_loss_regions(prepared, segmentation, same, feature_precision=torch.float32)
+    whole, regions = pipe.content_loss_regions(prepared, segmentation, noise, feature_precision=torch.float32)
+    assert whole0 == pytest.approx(0.0, abs=1e-5) and np.allclose(regions0, 0.0, atol=1e-5)
+    assert whole > 0 and np.all(regions > 0) and len(regions) == segmentation.n_regions(0)
+    # one layer: the token-weighted mean of the per-region values is the whole image's mean |Q - Q_c|
+    tokens = pipe.recorder.run(pipe.unet, prepared.latents[:1], pipe.timesteps(4)[-1], pipe.backbone.embedding,
+                               keep=("q",))[layers[0]]["q"].shape[-2]
+    counts = np.bincount(token_labels(segmentation.labels[0], tokens).numpy(), minlength=len(regions))
+    assert np.average(regions, weights=counts) == pytest.approx(whole, rel=1e-5)
+    with pytest.raises(StyleGalleryError, match="another model"):
+        pipe.content_loss_regions(prepared, segmentation, Stylization(noise.latent, pixels, [], False,
+                                                                      dict(settings, model="other")))
