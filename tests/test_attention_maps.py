@@ -105,3 +105,32 @@ def test_the_plot_marks_the_point_and_outlines_the_region(pipe, staged):
     fig = plot.attention_map(staged[0], maps)
     assert len(fig.axes) == 1 + staged[0].n_styles
     assert "inside the matched region" in fig._suptitle.get_text()
+
+
+def test_maps_from_a_results_queries(pipe, staged):
+    """With ``stylization=`` the queries are the result latent's: for the content's own latent they are the content's
+    queries; another point at the same timestep runs no UNet pass."""
+    from stylegallery import Stylization
+
+    prepared, segmentation, matching = staged
+    t = pipe.timesteps(steps=10)[5]
+    settings = dict(model=pipe.stylize_model)
+    same = Stylization(prepared.latents[:1].clone(), prepared.pixels[0], [], False, settings)
+    noise = Stylization(torch.randn(1, *prepared.latents.shape[1:], generator=torch.Generator().manual_seed(1)),
+                        prepared.pixels[0], [], False, settings)
+    kwargs = dict(timestep=t, mode="plain", feature_precision=torch.float32)
+    content = pipe.attention_maps(prepared, segmentation, matching, [(40, 50)], **kwargs)
+    own = pipe.attention_maps(prepared, segmentation, matching, [(40, 50)], stylization=same, **kwargs)
+    np.testing.assert_allclose(own.maps[0][0], content.maps[0][0], atol=1e-5)
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        moved = pipe.attention_maps(prepared, segmentation, matching, [(40, 50)], stylization=noise, **kwargs)
+        pipe.attention_maps(prepared, segmentation, matching, [(100, 20), 1], stylization=noise, **kwargs)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # one pass for the result's queries, none for the next points
+    assert not np.allclose(moved.maps[0][0], content.maps[0][0], atol=1e-4)
+    with pytest.raises(StyleGalleryError, match="another model"):
+        pipe.attention_maps(prepared, segmentation, matching, [(5, 5)], timestep=t,
+                            stylization=Stylization(noise.latent, noise.pixels, [], False, dict(model="other")))
