@@ -453,6 +453,13 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     page.wait_for_function("() => document.querySelectorAll('.sg-explorer .sg-region-view').length === 3")
     explorer.screenshot(path=str(SCREENSHOTS / f"sg_{front}_stage_explorer_segment.png"))
     explorer_height = max(explorer_height, explorer.bounding_box()["height"])
+    # the match stage's: the matrix and the attention view of the same session, its heat maps drawn
+    _fold(page, explorer, "4 · match")
+    explorer.get_by_role("tab", name="attention map").click()
+    page.wait_for_function("() => document.querySelector('.sg-explorer .sg-attention-view img.sg-av-img')"
+                           "?.getAttribute('src')?.startsWith('data:image/png')", timeout=30_000)
+    explorer.screenshot(path=str(SCREENSHOTS / f"sg_{front}_stage_explorer_match.png"))
+    explorer_height = max(explorer_height, explorer.bounding_box()["height"])
     assert explorer_height <= EXPLORER_HEIGHT, explorer_height  # fits a laptop screen with any fold open
     assert not page.errors, page.errors
 

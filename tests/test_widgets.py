@@ -309,7 +309,8 @@ def test_attention_view_shows_bad_input_in_its_status(pipe, session):
 def test_attention_view_in_the_explorer_follows_the_matches(session):
     explorer = StageExplorer(session)
     view = explorer.attention_view
-    assert view is not None and view in explorer.pictures["match"].children and view.maps is not None
+    tabs = explorer.pictures["match"].children[0]  # the matrix and the view, one tab each
+    assert view is not None and list(tabs.children) == [explorer.match_matrix, view] and view.maps is not None
     matching = session.matching
     region = view.region
     target = next(j for j, c in enumerate(matching.columns) if c != matching.matches[region])

@@ -21,6 +21,7 @@ from .loss_monitor import LossMonitor
 from .match_matrix import MatchMatrix
 from .region_view import RegionView
 
+MATCH_TABS = ("match matrix", "attention map")
 TITLES = {
     "prepare": "1 · prepare: read, resize, encode",
     "invert": "2 · invert: DDIM inversion and features",
@@ -506,7 +507,10 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 # where a content point attends under the style loss (in a run's worker the model is busy: its
                 # maps come when the run has released the model, see _run)
                 self.attention_view = AttentionView(session, width=192, reference_width=144)
-                box.children = [self.match_matrix, self.attention_view]
+                tabs = W.Tab(children=[self.match_matrix, self.attention_view])  # one at a time: fits a screen
+                for i, title in enumerate(MATCH_TABS):
+                    tabs.set_title(i, title)
+                box.children = [tabs]
             else:
                 self.match_matrix.refresh()
                 if session not in RUNNING:  # a run refreshes it when it has released the model
