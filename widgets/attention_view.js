@@ -1,22 +1,6 @@
 // AttentionView: the content on a <canvas> (click or drag to select a point), the references' heat maps from the
 // kernel as <img>s, and the controls (timestep, layer, head, mode). Follows common.js in the _esm.
 
-async function loadPng(value) {
-  const bytes = bytesOf(value);
-  if (!bytes.length) return null;
-  const blob = new Blob([bytes], { type: "image/png" });
-  if (typeof createImageBitmap === "function") return createImageBitmap(blob);
-  const url = URL.createObjectURL(blob);
-  try {
-    const img = new Image();
-    img.src = url;
-    await img.decode();
-    return img;
-  } finally {
-    URL.revokeObjectURL(url);
-  }
-}
-
 function select(cls, label) {
   const wrap = el("label", "sg-label sg-av-control", label + " ");
   const node = el("select", cls);

@@ -17,3 +17,20 @@ function el(tag, cls, text) {
   if (text !== undefined) node.textContent = text;
   return node;
 }
+
+// PNG bytes (a synced Bytes trait) as something a canvas can draw: an ImageBitmap, or an <img> where that is missing.
+async function loadPng(value) {
+  const bytes = bytesOf(value);
+  if (!bytes.length) return null;
+  const blob = new Blob([bytes], { type: "image/png" });
+  if (typeof createImageBitmap === "function") return createImageBitmap(blob);
+  const url = URL.createObjectURL(blob);
+  try {
+    const img = new Image();
+    img.src = url;
+    await img.decode();
+    return img;
+  } finally {
+    URL.revokeObjectURL(url);
+  }
+}

@@ -1,21 +1,5 @@
 // RegionView: an image with its region overlay on a <canvas>. Follows common.js in the _esm.
 
-async function loadPng(value) {
-  const bytes = bytesOf(value);
-  if (!bytes.length) return null;
-  const blob = new Blob([bytes], { type: "image/png" });
-  if (typeof createImageBitmap === "function") return createImageBitmap(blob);
-  const url = URL.createObjectURL(blob);
-  try {
-    const img = new Image();
-    img.src = url;
-    await img.decode();
-    return img;
-  } finally {
-    URL.revokeObjectURL(url);
-  }
-}
-
 function hexToRgb(hex) {
   const v = parseInt((hex || "#888888").slice(1), 16);
   return [(v >> 16) & 255, (v >> 8) & 255, v & 255];
