@@ -277,6 +277,20 @@ def trajectory(inversion: Inversion, index: int = 0, count: int = 6,
 
 
 # ---------------------------------------------------------------------------------------------- matching
+def _reference_headers(ax: Axes, columns: Sequence[tuple[int, int]], names: Sequence[str] | None) -> None:
+    """Over a matrix whose columns are (reference, style region): each reference's name above its columns, a white
+    line between references."""
+    references = [ref for ref, _ in columns]
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    starts = [0] + [j for j in range(1, len(columns)) if references[j] != references[j - 1]]
+    for a, b in zip(starts, starts[1:] + [len(columns)]):
+        if a:
+            ax.axvline(a - 0.5, color="white", linewidth=3, zorder=0.5)
+        if columns:
+            ax.text((a + b - 1) / 2, 1.01, _reference(names, references[a]), transform=top, ha="center",
+                    va="bottom", fontsize=9, fontweight="bold")
+
+
 def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None,
                  names: Sequence[str] | None = None) -> Figure:
     """Heatmap of content regions (rows) against the regions of all references (columns, grouped by reference).
@@ -304,14 +318,7 @@ def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None
                         color="black" if light else "white")
 
     columns = [tuple(col) for col in matching.columns]
-    references = [ref for ref, _ in columns]
-    top = blended_transform_factory(ax.transData, ax.transAxes)
-    starts = [0] + [j for j in range(1, cols) if references[j] != references[j - 1]]
-    for a, b in zip(starts, starts[1:] + [cols]):
-        if a:
-            ax.axvline(a - 0.5, color="white", linewidth=3, zorder=0.5)
-        ax.text((a + b - 1) / 2, 1.01, _reference(names, references[a]), transform=top, ha="center", va="bottom",
-                fontsize=9, fontweight="bold")
+    _reference_headers(ax, columns, names)
     ax.set_xticks(range(cols), [str(region) for _, region in columns], fontsize=8)
     ax.set_xlabel("style region")
 
@@ -562,15 +569,7 @@ def region_scores(scores, names: Sequence[str] | None = None) -> Figure:
                     ax.text(c, r, f"{values[r, c]:.1f}", ha="center", va="center", fontsize=7,
                             color="white" if dark else "black")
     columns = [tuple(col) for col in scores.columns]
-    references = [ref for ref, _ in columns]
-    top = blended_transform_factory(ax.transData, ax.transAxes)
-    starts = [0] + [j for j in range(1, cols) if references[j] != references[j - 1]]
-    for a, b in zip(starts, starts[1:] + [cols]):
-        if a:
-            ax.axvline(a - 0.5, color="white", linewidth=3, zorder=0.5)
-        if cols:
-            ax.text((a + b - 1) / 2, 1.01, _reference(names, references[a]), transform=top, ha="center",
-                    va="bottom", fontsize=9, fontweight="bold")
+    _reference_headers(ax, columns, names)
     ax.set_xticks(range(cols), [str(region) for _, region in columns], fontsize=8)
     ax.set_xlabel("style region")
     ticks = []
