@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONTENT, STYLES, PeakMemory, load_average, load_pipe, machine, median, write_readme_table  # noqa: E402
+from common import CONTENT, STYLES, PeakMemory, load_average, load_pipe, machine, median, run_benchmark  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -163,20 +162,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    result = measure(args)
-    result["minutes"] = (time.perf_counter() - start) / 60
-    text = render(result)
-    print(text)
-    print(json.dumps(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.readme:
-        write_readme_table(SCRIPT, sys.argv[1:], result["machine"], "interactive",
-                           f"; {result['minutes']:.1f} min in all.", text)
+    run_benchmark(SCRIPT, parser.parse_args(argv), measure, render, "interactive")
 
 
 if __name__ == "__main__":

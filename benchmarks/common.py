@@ -160,6 +160,25 @@ def fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def run_benchmark(script: Path, args, measure, render, marker: str) -> dict:
+    """Run ``measure(args)`` (on ``args.threads`` torch threads if given), print ``render(result)`` and the JSON, and
+    write them to ``args.json`` and, with ``args.readme``, into benchmarks/README.md under ``marker``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    result = measure(args)
+    result["minutes"] = (time.perf_counter() - start) / 60
+    text = render(result)
+    print(text)
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.readme:
+        write_readme_table(script, sys.argv[1:], result["machine"], marker, f"; {result['minutes']:.1f} min in all.",
+                           text)
+    return result
+
+
 def write_readme_table(script: Path, argv, info: dict, marker: str, what: str, text: str) -> None:
     """Write ``text`` into benchmarks/README.md under ``marker``, headed by date, command, machine and code."""
     cmd = f"python benchmarks/{script.name} " + " ".join(a for a in argv if a != "--readme")
