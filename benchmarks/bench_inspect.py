@@ -25,14 +25,13 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONTENT, STYLES, load_average, load_pipe, machine, median, now, run_benchmark  # noqa: E402
+from common import CONTENT, STYLES, benchmark_parser, load_average, load_pipe, machine, median, now, run_benchmark  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -115,19 +114,9 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="sd15")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--refs", type=int, default=2)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--steps", type=int, default=2, help="timesteps of the stylize run the maps look at")
-    parser.add_argument("--regions", type=int, default=4, help="content regions (k forced: random weights give "
-                                                                "one adaptive cluster); 0 = adaptive")
     parser.add_argument("--points", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", help="write the measurements here")
-    parser.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
     run_benchmark(SCRIPT, parser.parse_args(argv), measure, render, "inspect")
 
 

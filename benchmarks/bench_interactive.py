@@ -24,7 +24,6 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONTENT, STYLES, PeakMemory, load_average, load_pipe, machine, median, run_benchmark  # noqa: E402
+from common import CONTENT, STYLES, PeakMemory, benchmark_parser, load_average, load_pipe, machine, median, run_benchmark  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -143,25 +142,15 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="sd15")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--refs", type=int, default=2)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--steps", type=int, default=30, help="timesteps of each full run (30; the paper's 150 "
                                                                "takes 15 min per run on a 2-core CPU; ignored "
                                                                "with --fast, which runs the preset's)")
     parser.add_argument("--preview-steps", type=int, default=4)
-    parser.add_argument("--regions", type=int, default=4, help="content regions (k forced: random weights give "
-                                                                "one adaptive cluster); 0 = adaptive")
     parser.add_argument("--fast", choices=("lcm", "hyper-sd"), default=None, help="run the fast preset")
     parser.add_argument("--lora", default=None, help="LoRA folder or id (with --fast: instead of the preset's)")
     parser.add_argument("--low-memory", action="store_true", help="CPU offload (GPU) and gradient checkpointing")
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap the process's CUDA memory (GiB)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", help="write the measurements here")
-    parser.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
     run_benchmark(SCRIPT, parser.parse_args(argv), measure, render, "interactive")
 
 

@@ -6,6 +6,7 @@ Not part of the package or the test suite. Run the benchmarks from the repositor
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -158,6 +159,23 @@ def fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit in ("B", "KiB") else f"{n:.2f} {unit}" if unit == "GiB" else f"{n:.0f} {unit}"
         n /= 1024
     return str(n)
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every pipeline benchmark takes: model, device, dtype, size, references, content regions,
+    threads, ``--json FILE`` and ``--readme``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", default="sd15")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--refs", type=int, default=2)
+    parser.add_argument("--regions", type=int, default=4, help="content regions (k forced: random weights give "
+                                                                "one adaptive cluster); 0 = adaptive")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", help="write the measurements here")
+    parser.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
+    return parser
 
 
 def run_benchmark(script: Path, args, measure, render, marker: str) -> dict:

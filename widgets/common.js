@@ -34,3 +34,19 @@ async function loadPng(value) {
     URL.revokeObjectURL(url);
   }
 }
+
+// A new canvas path along the border of the cells of an (h, w) label grid whose label passes isIn; cells are
+// sx x sy canvas pixels. The caller strokes it.
+function regionEdges(ctx, lab, h, w, sx, sy, isIn) {
+  const inside = (y, x) => y >= 0 && x >= 0 && y < h && x < w && isIn(lab[y * w + x]);
+  ctx.beginPath();
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (!inside(y, x)) continue;
+      if (!inside(y - 1, x)) { ctx.moveTo(x * sx, y * sy); ctx.lineTo((x + 1) * sx, y * sy); }
+      if (!inside(y + 1, x)) { ctx.moveTo(x * sx, (y + 1) * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
+      if (!inside(y, x - 1)) { ctx.moveTo(x * sx, y * sy); ctx.lineTo(x * sx, (y + 1) * sy); }
+      if (!inside(y, x + 1)) { ctx.moveTo((x + 1) * sx, y * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
+    }
+  }
+}

@@ -67,17 +67,7 @@ function render({ model, el: root }) {
     if (!regions.length || !h) return;
     const sx = canvas.width / w;
     const sy = canvas.height / h;
-    const inside = (y, x) => y >= 0 && x >= 0 && y < h && x < w && regions.includes(lab[y * w + x]);
-    ctx.beginPath();
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        if (!inside(y, x)) continue;
-        if (!inside(y - 1, x)) { ctx.moveTo(x * sx, y * sy); ctx.lineTo((x + 1) * sx, y * sy); }
-        if (!inside(y + 1, x)) { ctx.moveTo(x * sx, (y + 1) * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
-        if (!inside(y, x - 1)) { ctx.moveTo(x * sx, y * sy); ctx.lineTo(x * sx, (y + 1) * sy); }
-        if (!inside(y, x + 1)) { ctx.moveTo((x + 1) * sx, y * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
-      }
-    }
+    regionEdges(ctx, lab, h, w, sx, sy, (label) => regions.includes(label));
     ctx.setLineDash(dash || []);
     ctx.lineWidth = width + 2;
     ctx.strokeStyle = "rgba(0,0,0,0.6)";
