@@ -1,11 +1,11 @@
-"""The ``stylegallery`` command line: ``run`` a style transfer, ``make-test-model`` for offline models."""
+"""The ``stylegallery`` command line: ``run`` a style transfer, ``batch`` a plan of them, ``make-test-model`` for
+offline models."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import sys
 import warnings
 from pathlib import Path
@@ -20,48 +20,81 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("content")
     run.add_argument("styles", nargs="+", metavar="STYLE")
     run.add_argument("-o", "--output", required=True, help="output image (PNG or JPEG)")
-    run.add_argument("--model", default=None, help="diffusers folder or Hub id (default: SD 1.5; 'tiny' = test models)")
-    run.add_argument("--semantic-model", default=None, help="DINOv2 folder or Hub id (default facebook/dinov2-base)")
-    run.add_argument("--depth-model", default=None, help="Depth Anything folder or Hub id")
-    run.add_argument("--no-semantic", action="store_true", help="match without DINOv2")
-    run.add_argument("--no-depth", action="store_true", help="segment without depth refinement")
-    run.add_argument("--size", type=int, default=512, help="working size, a multiple of 64 (512)")
-    run.add_argument("--steps", type=int, default=None, help="optimization timesteps (150; fast: 28)")
-    run.add_argument("--iters", type=int, default=None, help="Adam steps per timestep (1; fast: 3)")
-    run.add_argument("--inversion-steps", type=int, default=15, help="DDIM inversion steps (15)")
-    run.add_argument("--c-ratio", type=float, default=None, help="content loss weight (0.26; fast: 0.33 lcm, 0.38 hyper-sd)")
-    run.add_argument("--lr", type=float, default=None, help="Adam learning rate (0.05; fast: 0.25 lcm, 0.15 hyper-sd)")
-    run.add_argument("--fast", nargs="?", const="lcm", choices=("lcm", "hyper-sd"), default=None,
-                     help="the authors' accelerated variant: a step-distilled LoRA fused for stylize with its "
-                          "scheduler and settings (lcm: LCM-LoRA, the default; hyper-sd: Hyper-SD 4-step)")
-    run.add_argument("--lora", metavar="ID|DIR|FILE", default=None,
-                     help="LoRA for stylize (Hub id, folder or .safetensors file); with --fast it replaces the preset's")
-    run.add_argument("--lora-weight-name", default=None, help="file name of the LoRA inside its Hub repo or folder")
-    run.add_argument("--max-clusters", type=int, default=10, help="largest k tried when clustering (10)")
-    run.add_argument("--region-attention", choices=("zeroed", "masked"), default="zeroed",
-                     help="zeroed: the authors' region masking (default); masked: ours, attention only inside the region")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="auto")
-    run.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
-    run.add_argument("--low-memory", action="store_true",
-                     help="gradient checkpointing, and on a GPU each model only on it while its stage runs (slower)")
+    _add_model_options(run)
+    _add_settings(run)
     run.add_argument("--report", help="write a JSON report here")
     run.add_argument("--save-regions", metavar="DIR", help="write each image's region map as a PNG here")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    batch = sub.add_parser("batch", help="run a plan of content x reference jobs into OUTDIR, resumably, on one or "
+                                         "more processes (accelerate)")
+    batch.add_argument("plan", nargs="?", metavar="PLAN", help="CSV (columns content, styles separated by ';', then "
+                                                                "settings) or JSONL plan; or --contents and --styles")
+    batch.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder of the jobs' outputs, "
+                                                                              "summary.csv and gallery.html")
+    batch.add_argument("--contents", metavar="DIR", help="every image of DIR is a content image")
+    batch.add_argument("--styles", metavar="DIR", help="every image of DIR is a reference")
+    batch.add_argument("--pairs", choices=("all", "zip"), default="all",
+                       help="all: every content with every group of references (default); zip: in order")
+    batch.add_argument("--references-per-job", type=int, default=1, metavar="N", help="references per job (1)")
+    batch.add_argument("--processes", type=int, default=1, metavar="N",
+                       help="run N processes through accelerate launch (one model copy each; GPUs: one each)")
+    batch.add_argument("--cache-dir", metavar="DIR", help="inversion cache shared by the processes (OUTDIR/cache)")
+    batch.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_options(batch)
+    _add_settings(batch)
     make = sub.add_parser("make-test-model", help="write tiny random-weight models to DIR/sd, DIR/dinov2, DIR/depth and a LoRA to DIR/lora")
     make.add_argument("folder")
     make.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
     return parser
 
 
-def _peak_memory_mb(device) -> dict:
-    import torch
+def _add_model_options(parser) -> None:
+    parser.add_argument("--model", default=None, help="diffusers folder or Hub id (default: SD 1.5; 'tiny' = test models)")
+    parser.add_argument("--semantic-model", default=None, help="DINOv2 folder or Hub id (default facebook/dinov2-base)")
+    parser.add_argument("--depth-model", default=None, help="Depth Anything folder or Hub id")
+    parser.add_argument("--no-semantic", action="store_true", help="match without DINOv2")
+    parser.add_argument("--no-depth", action="store_true", help="segment without depth refinement")
+    parser.add_argument("--lora", metavar="ID|DIR|FILE", default=None,
+                        help="LoRA for stylize (Hub id, folder or .safetensors file); with --fast it replaces the preset's")
+    parser.add_argument("--lora-weight-name", default=None, help="file name of the LoRA inside its Hub repo or folder")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="gradient checkpointing, and on a GPU each model only on it while its stage runs (slower)")
 
-    peak = {"cpu_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if device.type == "cuda":
-        peak["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return peak
+
+def _add_settings(parser) -> None:
+    parser.add_argument("--size", type=int, default=512, help="working size, a multiple of 64 (512)")
+    parser.add_argument("--steps", type=int, default=None, help="optimization timesteps (150; fast: 28)")
+    parser.add_argument("--iters", type=int, default=None, help="Adam steps per timestep (1; fast: 3)")
+    parser.add_argument("--inversion-steps", type=int, default=15, help="DDIM inversion steps (15)")
+    parser.add_argument("--c-ratio", type=float, default=None, help="content loss weight (0.26; fast: 0.33 lcm, 0.38 hyper-sd)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (0.05; fast: 0.25 lcm, 0.15 hyper-sd)")
+    parser.add_argument("--fast", nargs="?", const="lcm", choices=("lcm", "hyper-sd"), default=None,
+                        help="the authors' accelerated variant: a step-distilled LoRA fused for stylize with its "
+                             "scheduler and settings (lcm: LCM-LoRA, the default; hyper-sd: Hyper-SD 4-step)")
+    parser.add_argument("--max-clusters", type=int, default=10, help="largest k tried when clustering (10)")
+    parser.add_argument("--region-attention", choices=("zeroed", "masked"), default="zeroed",
+                        help="zeroed: the authors' region masking (default); masked: ours, attention only inside the region")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _load_pipe(args, device: str | None = None):
+    from .pipeline import StyleGallery
+
+    pipe = StyleGallery.from_pretrained(
+        args.model,
+        semantic_model=False if args.no_semantic else args.semantic_model,
+        depth_model=False if args.no_depth else args.depth_model,
+        device=device or args.device,
+        torch_dtype=args.dtype,
+        lora=args.lora,
+        lora_weight_name=args.lora_weight_name,
+    )
+    if args.low_memory and pipe.device.type != "cpu":
+        pipe.enable_model_cpu_offload(pipe.device)
+    return pipe
 
 
 def _outputs(args) -> list[Path]:
@@ -72,15 +105,20 @@ def _outputs(args) -> list[Path]:
     return paths
 
 
-def _run(args) -> None:
-    import torch
-
-    from .pipeline import StyleGallery, check_settings
-    from .results import region_png, write_atomic
+def _check(args) -> None:
+    from .pipeline import check_settings
 
     check_settings(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters,
                    steps=args.steps, iters=args.iters, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed)
 
+
+def _run(args) -> None:
+    import torch
+
+    from .report import run_report
+    from .results import region_png, write_atomic
+
+    _check(args)
     outputs = _outputs(args)
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not args.overwrite:
@@ -90,56 +128,111 @@ def _run(args) -> None:
     for name in [args.content] + args.styles:
         if not Path(name).is_file():
             raise StyleGalleryError(f"image file not found: {name}")
-    pipe = StyleGallery.from_pretrained(
-        args.model,
-        semantic_model=False if args.no_semantic else args.semantic_model,
-        depth_model=False if args.no_depth else args.depth_model,
-        device=args.device,
-        torch_dtype=args.dtype,
-        lora=args.lora,
-        lora_weight_name=args.lora_weight_name,
-    )
-    if args.low_memory and pipe.device.type != "cpu":
-        pipe.enable_model_cpu_offload(pipe.device)
+    pipe = _load_pipe(args)
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipe.device)
-    chosen = {k: v for k, v in dict(steps=args.steps, iters=args.iters, c_ratio=args.c_ratio, lr=args.lr).items()
-              if v is not None}
-    out = pipe(
-        args.content, args.styles, preset=args.fast, size=args.size, inversion_steps=args.inversion_steps,
-        max_clusters=args.max_clusters, seed=args.seed, region_attention=args.region_attention,
-        use_depth=not args.no_depth, progress=not args.quiet, gradient_checkpointing=args.low_memory, **chosen,
-    )
+    settings = _job_settings(args)
+    out = pipe(args.content, args.styles, preset=settings.pop("fast", None), progress=not args.quiet, **settings)
     write_atomic(args.output, lambda tmp: out.image.save(tmp, format=_image_format(args.output)))
     if args.save_regions:
         for path, labels in zip(outputs[-len(out.prepared.names):], out.segmentation.labels):
             write_atomic(path, lambda tmp, labels=labels: region_png(labels).save(tmp, format="PNG"))
     if args.report:
-        scores = pipe.region_scores(out.prepared, out.segmentation, out.matching, out.stylization)
-        report = {
-            "content": out.prepared.names[0],
-            "styles": out.prepared.names[1:],
-            "model": pipe.backbone.name,
-            "test_models": pipe.test_models,
-            "device": str(pipe.device),
-            "dtype": str(pipe.dtype).replace("torch.", ""),
-            "settings": dict(
-                {k: getattr(args, k) for k in ("size", "inversion_steps", "max_clusters", "region_attention", "seed")},
-                fast=args.fast, **{k: out.stylization.settings[k] for k in ("steps", "iters", "lr", "c_ratio", "scheduler")}),
-            "lora": out.stylization.settings["lora"],
-            "regions": {name: out.segmentation.n_regions(i) for i, name in enumerate(["content"] + [f"style{j + 1}" for j in range(out.prepared.n_styles)])},
-            "silhouette": out.segmentation.silhouette,
-            "matches": out.matching.table(),
-            "region_scores": scores.table(),
-            "ssim": round(scores.ssim_whole, 6),
-            "content_loss": round(scores.content_loss_whole, 6),
-            "loss_history": [{k: h[k] for k in ("step", "timestep", "total", "content", "style")} for h in out.stylization.history],
-            "timings": {k: round(v, 3) for k, v in out.timings.items()},
-            "peak_memory": _peak_memory_mb(pipe.device),
-            "feature_cache_mb": round(pipe.feature_cache.nbytes / 2**20, 2),
-        }
+        report = run_report(pipe, out, dict(
+            {k: getattr(args, k) for k in ("size", "inversion_steps", "max_clusters", "region_attention", "seed")},
+            fast=args.fast))
         write_atomic(args.report, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     print(f"wrote {args.output}" + (" (tiny test models: mechanics only, not real stylization)" if pipe.test_models else ""))
+
+
+def _job_settings(args) -> dict:
+    """The run settings the options give (stylize's own defaults, or the preset's, where an option is not given)."""
+    chosen = dict(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters, seed=args.seed,
+                  region_attention=args.region_attention, use_depth=not args.no_depth,
+                  gradient_checkpointing=args.low_memory, fast=args.fast)
+    chosen.update({k: v for k, v in dict(steps=args.steps, iters=args.iters, c_ratio=args.c_ratio, lr=args.lr).items()
+                   if v is not None})
+    return chosen
+
+
+def _launch(args, argv: list[str]) -> int:
+    """``--processes N``: run this batch command under ``accelerate launch`` with N processes; its status from the
+    summary it wrote."""
+    import socket
+    import subprocess
+
+    import torch
+
+    from .batch import SUMMARY_NAME, failed_in_summary
+
+    cpu = args.device == "cpu" or not torch.cuda.is_available()
+    with socket.socket() as probe:  # a free port for the processes' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--processes":
+            skip = True
+        elif not item.startswith("--processes="):
+            rest.append(item)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(port), "-m", "stylegallery", *rest]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true" if cpu else "false")
+    summary = Path(args.output) / SUMMARY_NAME
+    before = summary.stat().st_mtime_ns if summary.exists() else None
+    code = subprocess.run(command, env=env).returncode
+    if code != 0:
+        raise StyleGalleryError(f"accelerate launch with {args.processes} processes failed (exit status {code})")
+    if not summary.exists() or summary.stat().st_mtime_ns == before:
+        raise StyleGalleryError("the processes ended without writing a summary")
+    return _batch_status(failed_in_summary(summary))
+
+
+def _batch_status(failed: int) -> int:
+    """0 when every job is done; 100 + the number of failed jobs (at most 255) otherwise."""
+    return 0 if not failed else 100 + min(failed, 155)
+
+
+def _batch(args, argv: list[str]) -> int:
+    from .batch import plan_from_folders, read_plan, run_batch
+
+    if args.plan and (args.contents or args.styles):
+        raise StyleGalleryError("give a PLAN file or --contents and --styles, not both")
+    if args.plan:
+        jobs = read_plan(args.plan)
+    elif args.contents and args.styles:
+        jobs = plan_from_folders(args.contents, args.styles, args.pairs, args.references_per_job)
+    else:
+        raise StyleGalleryError("give a PLAN file (CSV or JSONL), or --contents DIR and --styles DIR")
+    _check(args)
+    if args.processes < 1:
+        raise StyleGalleryError(f"--processes must be at least 1 (got {args.processes})")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise StyleGalleryError(f"{args.output} exists and is not a folder: give the output folder of the batch")
+    under_accelerate = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.processes > 1 and not under_accelerate:
+        return _launch(args, argv)
+
+    def load(device: str):
+        pipe = _load_pipe(args, device if args.device == "auto" else None)
+        if pipe.device.type == "cpu" and under_accelerate:  # the cores shared between the processes
+            pipe.cpu_threads = max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"]))
+        return pipe
+
+    model = dict(model=args.model, semantic=None if args.no_semantic else args.semantic_model,
+                 depth=None if args.no_depth else args.depth_model, lora=args.lora,
+                 lora_weight_name=args.lora_weight_name, dtype=args.dtype)
+    run = run_batch(jobs, args.output, load_pipe=load, settings=_job_settings(args), model=model,
+                    cache_dir=args.cache_dir, device=args.device, progress=not args.quiet)
+    if run.summary is None:  # another process than the main one: the main process reports
+        return 0
+    counts = {s: run.status.count(s) for s in ("done", "skipped", "failed")}
+    print(f"batch: {len(jobs)} jobs: {counts['done']} done, {counts['skipped']} already complete, "
+          f"{counts['failed']} failed; {run.summary}, {run.gallery}")
+    return 0 if under_accelerate else _batch_status(run.failed)
 
 
 def _image_format(path: str) -> str:
@@ -148,15 +241,16 @@ def _image_format(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stylegallery`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library chatter; our own notices below are shown
         warnings.filterwarnings("always", message=".*Falling back to the tiny")
         warnings.showwarning = lambda message, *a, **k: print(f"stylegallery: warning: {message}", file=sys.stderr)
-        return _main(args)
+        return _main(args, argv)
 
 
-def _main(args) -> int:
+def _main(args, argv: list[str]) -> int:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -169,6 +263,8 @@ def _main(args) -> int:
 
             make_test_models(args.folder, args.arch)
             print(f"wrote test models ({args.arch}) to {args.folder}/sd, {args.folder}/dinov2, {args.folder}/depth, {args.folder}/lora")
+        elif args.command == "batch":
+            return _batch(args, argv)
         else:
             _run(args)
     except (StyleGalleryError, FileExistsError) as exc:

@@ -481,3 +481,45 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     assert "Error displaying widget" not in text and "model not found" not in text
     page.screenshot(path=str(SCREENSHOTS / f"sg_{front}_reopened.png"))
     assert not page.errors, page.errors
+
+
+def test_batch_gallery_shows_every_result(model_dir, tmp_path):
+    """A batch's gallery.html, opened from disk: every picture decodes, every job has its result, a hover shows the
+    regions, and the page raises no error."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: install chromium for the browser test")
+    from playwright.sync_api import sync_playwright
+
+    from stylegallery.cli import main
+    from synthetic import planted_scene
+
+    (tmp_path / "contents").mkdir()
+    (tmp_path / "styles").mkdir()
+    scene, _ = planted_scene(64)
+    for i, image in enumerate(scene):
+        image.save(tmp_path / ("contents" if i < 2 else "styles") / f"image{i}.png")
+    planted_scene(64)[0][0].transpose(0).save(tmp_path / "styles" / "image3.png")
+    out = tmp_path / "out"
+    assert main(["batch", "--contents", str(tmp_path / "contents"), "--styles", str(tmp_path / "styles"), "-o", str(out),
+                 "--model", str(model_dir / "sd"), "--no-semantic", "--no-depth", "--size", "64", "--steps", "2",
+                 "--inversion-steps", "2", "--max-clusters", "3", "--quiet"]) == 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(exc.message))
+        page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+        page.goto((out / "gallery.html").as_uri())
+        pictures = page.evaluate("""() => [...document.querySelectorAll('img.sg-gal-image')].map(
+            (img) => ({alt: img.alt, ok: img.complete && img.naturalWidth > 0}))""")
+        assert len(pictures) == 4 * 3 and all(p["ok"] for p in pictures), pictures  # 4 jobs: content, reference, result
+        assert [p["alt"] for p in pictures].count("result") == 4
+        assert page.locator("tbody tr").count() == 4 and page.locator(".sg-gal-failed").count() == 0
+        result = page.locator(".sg-gal-result .sg-gal-frame").first
+        overlay = result.locator("img.sg-gal-regions")
+        assert float(overlay.evaluate("(img) => getComputedStyle(img).opacity")) == 0
+        result.hover()
+        page.wait_for_function("(img) => getComputedStyle(img).opacity > 0.5", arg=overlay.element_handle())
+        page.screenshot(path=str(SCREENSHOTS / "sg_batch_gallery.png"), full_page=True)
+        browser.close()
+    assert not errors, errors

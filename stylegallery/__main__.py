@@ -1,0 +1,7 @@
+"""``python -m stylegallery`` is the ``stylegallery`` command (and what ``accelerate launch -m stylegallery`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
