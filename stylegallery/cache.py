@@ -2,7 +2,8 @@
 
 Used for the per-timestep attention features of stylize and for inversion results, so that re-running a later
 stage never recomputes what depends only on the images, the model and the settings. Disk entries are
-safetensors files; an unreadable entry is deleted and recomputed, never trusted.
+safetensors files, written atomically, so several processes can share a directory (``stylegallery batch``
+does); an unreadable entry is deleted and recomputed, never trusted.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class TensorCache:
         """Bytes held on disk."""
         if self.directory is None or not self.directory.is_dir():
             return 0
-        return sum(p.stat().st_size for p in self.directory.glob("*.safetensors"))
+        return sum(p.stat().st_size for p in self.directory.glob("*.safetensors") if p.exists())
 
     def clear(self) -> None:
         """Forget everything held in memory (disk entries stay)."""
@@ -83,8 +84,9 @@ class TensorCache:
         return self.directory / f"{key}.safetensors"
 
     def get(self, key: str, device=None, dtype=None) -> dict[str, torch.Tensor] | None:
-        """The entry for ``key`` moved to ``device``/``dtype``, or None."""
+        """The entry for ``key`` moved to ``device``/``dtype``, or None (a miss, also counted when disabled)."""
         if not self.enabled:
+            self.misses += 1
             return None
         entry = self._memory.get(key)
         if entry is not None:
@@ -144,10 +146,16 @@ class TensorCache:
         self._in_run.add(key)
 
     def _trim_disk(self) -> None:
-        files = sorted(self.directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for path in files[:-1]:
+        files = []
+        for path in self.directory.glob("*.safetensors"):
+            try:  # another process sharing the directory may remove a file at any time
+                files.append((path.stat(), path))
+            except FileNotFoundError:
+                continue
+        files.sort(key=lambda item: item[0].st_mtime)
+        total = sum(stat.st_size for stat, _ in files)
+        for stat, path in files[:-1]:
             if total <= self.max_disk_bytes:
                 break
-            total -= path.stat().st_size
+            total -= stat.st_size
             path.unlink(missing_ok=True)
