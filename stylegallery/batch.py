@@ -305,13 +305,14 @@ def _shared_run_id(state) -> str:
 
 
 def run_batch(jobs: list[Job], outdir: str | os.PathLike, *, load_pipe, settings: dict | None = None,
-              model: dict | None = None, cache_dir: str | os.PathLike | None = None, device: str = "auto",
-              progress: bool = True) -> BatchRun:
+              model: dict | None = None, cache_dir: str | os.PathLike | None = None, share_inversions: bool = True,
+              device: str = "auto", progress: bool = True) -> BatchRun:
     """Run ``jobs`` into ``outdir``, skipping complete ones, split between the processes accelerate launched.
 
     ``load_pipe(device)`` builds this process's pipeline; ``settings`` are every job's defaults (a row's own
     settings win); ``model`` describes the model for the job names (another model: other folders).
-    ``cache_dir`` (default ``OUTDIR/cache``) holds the inversions shared by all processes. Returns what this
+    ``cache_dir`` (default ``OUTDIR/cache``) holds the inversions shared by all processes
+    (``share_inversions=False``: every job inverts its images itself, to measure the saving). Returns what this
     invocation did; the main process also writes ``summary.csv`` and ``gallery.html``.
     """
     from .cache import TensorCache
@@ -344,11 +345,12 @@ def run_batch(jobs: list[Job], outdir: str | os.PathLike, *, load_pipe, settings
             if folder.is_dir():
                 _clean(folder)
             info = dict(run_id=run_id, process=state.process_index, processes=state.num_processes, name=names[i])
+            if pipe is None:  # only when there is work; a model that cannot be loaded stops the command
+                pipe = load_pipe("cpu" if state.device.type == "cpu" else str(state.device))
+                pipe.inversion_cache = TensorCache(max_bytes=1 << 30, dtype=torch.float32, max_disk_bytes=1 << 40,
+                                                   directory=Path(cache_dir or outdir / "cache") / "inversion",
+                                                   enabled=share_inversions)
             try:
-                if pipe is None:
-                    pipe = load_pipe("cpu" if state.device.type == "cpu" else str(state.device))
-                    pipe.inversion_cache = TensorCache(max_bytes=1 << 30, dtype=torch.float32, max_disk_bytes=1 << 40,
-                                                       directory=Path(cache_dir or outdir / "cache") / "inversion")
                 _run_job(pipe, jobs[i], resolved[i], folder, info, progress and state.num_processes == 1)
                 status_of[i] = "done"
             except KeyboardInterrupt:

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--processes", type=int, default=1, metavar="N",
                        help="run N processes through accelerate launch (one model copy each; GPUs: one each)")
     batch.add_argument("--cache-dir", metavar="DIR", help="inversion cache shared by the processes (OUTDIR/cache)")
+    batch.add_argument("--no-shared-cache", action="store_true",
+                       help="every job inverts its own images (to measure what the shared cache saves)")
     batch.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_model_options(batch)
     _add_settings(batch)
@@ -226,7 +228,8 @@ def _batch(args, argv: list[str]) -> int:
                  depth=None if args.no_depth else args.depth_model, lora=args.lora,
                  lora_weight_name=args.lora_weight_name, dtype=args.dtype)
     run = run_batch(jobs, args.output, load_pipe=load, settings=_job_settings(args), model=model,
-                    cache_dir=args.cache_dir, device=args.device, progress=not args.quiet)
+                    cache_dir=args.cache_dir, share_inversions=not args.no_shared_cache, device=args.device,
+                    progress=not args.quiet)
     if run.summary is None:  # another process than the main one: the main process reports
         return 0
     counts = {s: run.status.count(s) for s in ("done", "skipped", "failed")}

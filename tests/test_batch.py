@@ -218,3 +218,18 @@ def test_the_gallery_displays_in_a_notebook(images, model_dir, tmp_path):
     fragment = Gallery(out)._repr_html_()
     assert fragment.startswith('<div class="sg-gal">') and fragment.count('class="sg-gal-image"') == 2 * 3
     assert "<body>" not in fragment and "data:image/jpeg;base64," in fragment
+
+
+def test_without_the_shared_cache_every_job_inverts_its_images(images, model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["batch", "--contents", str(images / "contents"), "--styles", str(images / "styles"), "--pairs", "zip",
+                 "-o", str(out), "--no-shared-cache", *_options(model_dir)]) == 0
+    assert [int(r["inversions"]) for r in _summary(out)] == [2, 2]
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_command(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["batch", "--contents", str(images / "contents"), "--styles", str(images / "styles"), "-o", str(out),
+                 "--model", str(tmp_path / "no-model"), "--no-semantic", "--no-depth", "--quiet"])
+    assert code == 2 and "stylegallery: error:" in capsys.readouterr().err
+    assert not list((out / "jobs").glob("*/error.json"))  # not six copies of the same failure
