@@ -160,29 +160,41 @@ def server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def chromium():
+    """Headless Chromium through Playwright, one for the module (Playwright's sync API cannot be started twice)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: install chromium for the browser test")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        height = int(os.environ.get("STYLEGALLERY_BROWSER_HEIGHT", "1100"))  # taller for whole-widget screenshots
-        context = browser.new_context(viewport={"width": 1400, "height": height}, device_scale_factor=1)
-        page = context.new_page()
-        errors: list[str] = []  # over the whole test: any uncaught exception or console error fails it
-        upstream = UPSTREAM_ERRORS.get(server["name"], [])
-
-        def uncaught(exc):
-            if not any(exc.message == message and where in (exc.stack or "") for message, where in upstream):
-                errors.append(f"uncaught: {exc.message}\n{exc.stack}")
-
-        page.on("pageerror", uncaught)
-        page.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text} at {msg.location}"))
-        page.errors = errors
         try:
-            yield page
+            yield browser
         finally:
-            context.close()
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, chromium):
+    """A page of its own in the module's Chromium; any uncaught exception or console error is collected."""
+    height = int(os.environ.get("STYLEGALLERY_BROWSER_HEIGHT", "1100"))  # taller for whole-widget screenshots
+    context = chromium.new_context(viewport={"width": 1400, "height": height}, device_scale_factor=1)
+    page = context.new_page()
+    errors: list[str] = []  # over the whole test: any uncaught exception or console error fails it
+    upstream = UPSTREAM_ERRORS.get(server["name"], [])
+
+    def uncaught(exc):
+        if not any(exc.message == message and where in (exc.stack or "") for message, where in upstream):
+            errors.append(f"uncaught: {exc.message}\n{exc.stack}")
+
+    page.on("pageerror", uncaught)
+    page.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text} at {msg.location}"))
+    page.errors = errors
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 def _cell_text(page, index: int) -> str:
@@ -483,13 +495,9 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     assert not page.errors, page.errors
 
 
-def test_batch_gallery_shows_every_result(model_dir, tmp_path):
+def test_batch_gallery_shows_every_result(chromium, model_dir, tmp_path):
     """A batch's gallery.html, opened from disk: every picture decodes, every job has its result, a hover shows the
     regions, and the page raises no error."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install chromium for the browser test")
-    from playwright.sync_api import sync_playwright
-
     from stylegallery.cli import main
     from synthetic import planted_scene
 
@@ -503,9 +511,8 @@ def test_batch_gallery_shows_every_result(model_dir, tmp_path):
     assert main(["batch", "--contents", str(tmp_path / "contents"), "--styles", str(tmp_path / "styles"), "-o", str(out),
                  "--model", str(model_dir / "sd"), "--no-semantic", "--no-depth", "--size", "64", "--steps", "2",
                  "--inversion-steps", "2", "--max-clusters", "3", "--quiet"]) == 0
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page = chromium.new_page(viewport={"width": 1000, "height": 900})
+    try:
         errors = []
         page.on("pageerror", lambda exc: errors.append(exc.message))
         page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
@@ -521,5 +528,6 @@ def test_batch_gallery_shows_every_result(model_dir, tmp_path):
         result.hover()
         page.wait_for_function("(img) => getComputedStyle(img).opacity > 0.5", arg=overlay.element_handle())
         page.screenshot(path=str(SCREENSHOTS / "sg_batch_gallery.png"), full_page=True)
-        browser.close()
+    finally:
+        page.close()
     assert not errors, errors
