@@ -25,14 +25,15 @@ class AttentionRecorder:
         self.stop_early = False
         self.records: dict[int, dict[str, torch.Tensor]] = {}
 
-    def run(self, unet, latent, timestep, embedding, keep=("q", "k", "v", "o"), stop_early=True):
+    def run(self, unet, latent, timestep, embedding, keep=("q", "k", "v", "o"), stop_early=True, added_cond_kwargs=None):
         """Run ``unet`` and return ``{layer: {name: tensor (batch, heads, tokens, dim)}}`` for the layers.
 
         With ``stop_early`` the forward ends after the last recorded layer and returns no noise prediction.
+        ``added_cond_kwargs``: SDXL's pooled embedding and size ids (``Backbone.added_conditions``).
         """
         self.keep, self.stop_early, self.records = tuple(keep), stop_early, {}
         try:
-            unet(latent, timestep, encoder_hidden_states=embedding, return_dict=False)
+            unet(latent, timestep, encoder_hidden_states=embedding, added_cond_kwargs=added_cond_kwargs, return_dict=False)
         except StopForward:
             pass
         finally:
@@ -101,14 +102,19 @@ def self_attention_names(unet) -> list[str]:
 
 
 def default_loss_layers(unet) -> list[int]:
-    """Indices (call order) of the decoder self-attention layers at the two highest resolutions.
+    """Indices (call order) of the decoder self-attention layers at the two highest resolutions that have
+    attention: the first transformer layer of each attention module there.
 
-    For SD 1.5 this is ``[10, ..., 15]`` of 16, the layers DESIGN.md names.
+    For SD 1.5 this is ``[10, ..., 15]`` of 16, the layers DESIGN.md names; SD 2.x has the same structure. SDXL
+    has attention only in its two lower-resolution decoder blocks and stacks 10 and 2 transformer layers in each
+    attention module there (30 + 6 self-attention layers): taking the first of each keeps 6 layers, as many as
+    SD 1.5, at the same places in each module.
     """
     names = self_attention_names(unet)
     decoder_blocks = sorted({int(n.split(".")[1]) for n in names if n.startswith("up_blocks.")})
     chosen = set(decoder_blocks[-2:])
-    return [i for i, n in enumerate(names) if n.startswith("up_blocks.") and int(n.split(".")[1]) in chosen]
+    return [i for i, n in enumerate(names) if n.startswith("up_blocks.") and int(n.split(".")[1]) in chosen
+            and ".transformer_blocks.0." in n]
 
 
 def feature_block_index(unet) -> int:

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .families import eps_from_v
+
 
 def temporal_weights(n: int, steepness: float = 5.0, midpoint: float = 0.7) -> torch.Tensor:
     """``w_i = 1 / (1 + exp(steepness * (i / n - midpoint)))`` for i = 0..n-1, normalised to sum to 1."""
@@ -29,13 +31,15 @@ def inversion_timesteps(scheduler, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def invert(unet, scheduler, latents, embedding, steps: int, feature_block: int, progress=None):
+def invert(unet, scheduler, latents, embedding, steps: int, feature_block: int, progress=None, added_cond_kwargs=None):
     """Invert a batch of clean latents; return (trajectory (B, steps+1, 4, h, w), features per step list).
 
     At each step the UNet runs on the current latent at the next (higher) timestep t, the latent moves from
     ``alphas_cumprod[max(0, t - T // steps)]`` to ``alphas_cumprod[t]`` (so the first step starts from
     ``alphas_cumprod[0]``, as in the authors' release), and the output of decoder block ``feature_block`` is
     captured.
+    A v-prediction model's output is turned into the noise it implies (``families.eps_from_v``, at the alpha of
+    the timestep the UNet was given). ``added_cond_kwargs``: SDXL's extra conditions.
     """
     timesteps = inversion_timesteps(scheduler, steps)
     alphas = scheduler.alphas_cumprod
@@ -46,9 +50,13 @@ def invert(unet, scheduler, latents, embedding, steps: int, feature_block: int, 
     latent = latents.to(unet.device, torch.float32)
     trajectory = [latent.cpu()]
     stride = scheduler.config.num_train_timesteps // steps
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
     try:
         for t in timesteps:
-            noise = unet(latent.to(unet.dtype), t, encoder_hidden_states=embedding, return_dict=False)[0].float()
+            noise = unet(latent.to(unet.dtype), t, encoder_hidden_states=embedding, added_cond_kwargs=added_cond_kwargs,
+                         return_dict=False)[0].float()
+            if v_prediction:
+                noise = eps_from_v(noise, latent, float(alphas[t]))
             # as in the authors' release: the step starts at the timestep one stride below t (the previous one),
             # and the first at alphas_cumprod[0], not at 1.0
             alpha_prev, alpha_next = float(alphas[max(0, t - stride)]), float(alphas[t])

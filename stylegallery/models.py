@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import StyleGalleryError
+from .families import added_conditions, check_pipeline_folder, family_of
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_SEMANTIC_MODEL = "facebook/dinov2-base"
@@ -113,6 +114,12 @@ class Backbone:
     embedding: torch.Tensor  # empty-prompt text embedding, (1, 77, D)
     name: str
     fingerprint: str
+    family: str = "sd1"  # see stylegallery.families
+    pooled: torch.Tensor | None = None  # SDXL: the empty prompt's pooled embedding, (1, D2)
+
+    def added_conditions(self, batch: int, size: tuple[int, int]) -> dict | None:
+        """The UNet's ``added_cond_kwargs`` for ``batch`` images of ``size`` = (H, W) pixels (SDXL; else None)."""
+        return added_conditions(self.family, self.pooled, batch, size)
 
 
 def fingerprint(*modules, name: str = "") -> str:
@@ -126,26 +133,43 @@ def fingerprint(*modules, name: str = "") -> str:
 
 
 def load_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
-    """Load UNet, VAE, DDIM scheduler and the empty-prompt embedding from a Hub id or diffusers folder."""
+    """Load UNet, VAE, DDIM scheduler and the empty-prompt embedding from a Hub id or diffusers folder of any
+    supported family (:mod:`stylegallery.families`; picked from the UNet's config)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    if Path(name).is_dir():
+        check_pipeline_folder(Path(name))
 
     def loader(path, local_only):
         kw = dict(local_files_only=local_only)
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **kw)
+        family = family_of(dict(unet.config))
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **kw)
         scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
-        return unet, vae, scheduler, tokenizer, text_encoder
+        encoders = [(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
+                     CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw))]
+        if family == "sdxl":
+            encoders.append((CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **kw),
+                             CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)))
+        return unet, vae, scheduler, encoders, family
 
-    unet, vae, scheduler, tokenizer, text_encoder = _load("diffusion", name, loader)
+    unet, vae, scheduler, encoders, family = _load("diffusion", name, loader)
+    pooled = None
     with torch.no_grad():
-        ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-        embedding = text_encoder(ids)[0]
+        states = []
+        for tokenizer, encoder in encoders:
+            ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+            out = encoder(ids, output_hidden_states=True)
+            # SDXL reads the penultimate layer of both encoders and the second one's pooled projection
+            states.append(out.hidden_states[-2] if family == "sdxl" else out[0])
+            if isinstance(encoder, CLIPTextModelWithProjection):
+                pooled = out.text_embeds
+        embedding = torch.cat(states, dim=-1)
     unet.requires_grad_(False).eval().to(device)
     vae.requires_grad_(False).eval().to(device)
-    return Backbone(unet, vae, scheduler, embedding.to(device, dtype), name, fingerprint(unet, vae, name=name))
+    return Backbone(unet, vae, scheduler, embedding.to(device, dtype), name, fingerprint(unet, vae, name=name), family,
+                    None if pooled is None else pooled.to(device, dtype))
 
 
 def load_semantic(name: str, device: torch.device):

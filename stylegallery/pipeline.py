@@ -187,7 +187,9 @@ class StyleGallery:
 
         ``None`` means the default model. Only the default falls back, with a warning, to the tiny test models
         when it cannot be loaded (no network and no local copy); a model you name never falls back.
-        ``semantic_model`` / ``depth_model``: ``False`` switches DINOv2 / Depth Anything off.
+        ``semantic_model`` / ``depth_model``: ``False`` switches DINOv2 / Depth Anything off; by default the Hub's,
+        or for a ``make-test-model`` folder (``DIR/sd``) its random ones. The family (SD 1.x, 2.x, XL) is read
+        from the model's configs (:mod:`stylegallery.families`); other architectures are refused.
         ``lora``: a LoRA (Hub id, folder or file) for stylize, see :meth:`load_lora_weights`.
         """
         device = resolve_device(device)
@@ -211,6 +213,8 @@ class StyleGallery:
         if test_folder is not None:
             backbone = load_backbone(str(test_folder / "sd"), device, dtype)
             backbone.name = model or "tiny"
+        made = model is not None and (Path(model) / "stylegallery_test_model.json").is_file()
+        siblings = Path(model).parent if made else test_folder  # a make-test-model folder: its own DINOv2 and depth
         defaults = {"semantic": DEFAULT_SEMANTIC_MODEL, "depth": DEFAULT_DEPTH_MODEL}
         extras = {}
         for kind, name, loader in (("semantic", semantic_model, load_semantic), ("depth", depth_model, load_depth)):
@@ -218,15 +222,13 @@ class StyleGallery:
                 extras[kind] = None
             elif name in TEST_MODEL_NAMES:
                 extras[kind] = loader(str(test_model_folder(name) / ("dinov2" if kind == "semantic" else kind)), device)
-            elif name is None and test_folder is not None:
-                extras[kind] = loader(str(test_folder / ("dinov2" if kind == "semantic" else kind)), device)
+            elif name is None and siblings is not None and (siblings / "dinov2").is_dir():
+                extras[kind] = loader(str(siblings / ("dinov2" if kind == "semantic" else kind)), device)
             else:
                 extras[kind] = loader(name or defaults[kind], device)
         pipe = cls(backbone, extras["semantic"], extras["depth"], cache=cache)
-        pipe.test_models = test_folder is not None
-        pipe._test_folder = test_folder
-        if model is not None and (Path(model) / "stylegallery_test_model.json").is_file():
-            pipe._test_folder = Path(model).parent  # a make-test-model folder: its presets use its random LoRA
+        pipe.test_models = test_folder is not None or made
+        pipe._test_folder = siblings  # the presets of test models use their random LoRA
         if lora is not None:
             pipe.load_lora_weights(lora, weight_name=lora_weight_name)
         return pipe
@@ -268,6 +270,11 @@ class StyleGallery:
         test models (``tiny``, ``sd15`` or a ``make-test-model`` folder) the preset uses their random LoRA.
         """
         preset = get_preset(name)
+        if self.backbone.family != "sd1":
+            raise StyleGalleryError(
+                f"the fast presets carry the release's SD 1.5 LoRAs and settings; this is an {self.backbone.family} "
+                "model: load a step-distilled LoRA made for it (e.g. latent-consistency/lcm-lora-sdxl) with "
+                "load_lora_weights or --lora, and choose steps, lr and c_ratio yourself")
         if self.lora is None or (self._lora_preset is not None and self._lora_preset != preset.name):
             self._load_preset_lora(preset)
         return preset.settings()
@@ -362,7 +369,8 @@ class StyleGallery:
             latents = prepared.latents[missing]
             embedding = self.backbone.embedding.expand(len(missing), -1, -1)
             trajectory, timesteps, per_step = invert(self.unet, self.scheduler, latents, embedding,
-                                                     inversion_steps, self.feature_block, bar)
+                                                     inversion_steps, self.feature_block, bar,
+                                                     self._conditions(prepared, len(missing)))
             bar.close()
             features = aggregate_features(per_step, weights, grid)
             for row, i in enumerate(missing):
@@ -538,7 +546,8 @@ class StyleGallery:
             latents = prepared.latents[missing].to(self.device, self.dtype)
             embedding = self.backbone.embedding.expand(len(missing), -1, -1)
             with torch.no_grad():
-                records = self.recorder.run(self.unet, latents, t, embedding, keep=("q", "k", "v"))
+                records = self.recorder.run(self.unet, latents, t, embedding, keep=("q", "k", "v"),
+                                            added_cond_kwargs=self._conditions(prepared, len(missing)))
             for row, i in enumerate(missing):
                 names = ("q",) if roles[i] == "content" else ("k", "v")
                 entry = {f"{n}{layer}": records[layer][n][row].to(precision).to(self.dtype) for layer in layers for n in names}
@@ -630,7 +639,8 @@ class StyleGallery:
         if last is None or last[0] is not stylization or last[1] != (t, self.stylize_model):
             self._use_lora(True)
             latent = stylization.latent.reshape(1, *stylization.latent.shape[-3:]).to(self.device, self.dtype)
-            records = self.recorder.run(self.unet, latent, t, self.backbone.embedding, keep=("q",))
+            records = self.recorder.run(self.unet, latent, t, self.backbone.embedding, keep=("q",),
+                                        added_cond_kwargs=self._conditions(prepared, 1))
             last = self._last_result_queries = (stylization, (t, self.stylize_model),
                                                 {layer: r["q"][0] for layer, r in records.items()})
         return last[2]
@@ -750,6 +760,7 @@ class StyleGallery:
         total = steps * iters
         bar = tqdm(total=total, initial=start * iters, desc="stylize", disable=not progress, leave=False)
         embedding = self.backbone.embedding
+        conditions = self._conditions(prepared, 1)
         try:
             step = start * iters
             for t in timesteps[start:]:
@@ -761,7 +772,8 @@ class StyleGallery:
                     if tokens not in plans:
                         plans[tokens] = region_plan(labels[0], list(labels[1:]), matching.matches, tokens, self.device)
                 for _ in range(iters):
-                    records = self.recorder.run(self.unet, z.to(self.dtype), t, embedding, keep=("q", "o"))
+                    records = self.recorder.run(self.unet, z.to(self.dtype), t, embedding, keep=("q", "o"),
+                                                added_cond_kwargs=conditions)
                     l_content = sum(content_loss(records[l]["q"][0], q_content[l]) for l in layers)
                     per_region = 0
                     for l in layers:
@@ -832,6 +844,10 @@ class StyleGallery:
         matching = timed("match", prepared, inversion, segmentation)
         stylization = timed("stylize", prepared, inversion, segmentation, matching)
         return StyleGalleryOutput(stylization.image, prepared, inversion, segmentation, matching, stylization, timings)
+
+    def _conditions(self, prepared: Prepared, batch: int) -> dict | None:
+        """The UNet's added conditions (SDXL: pooled embedding, size ids) for ``batch`` images of ``prepared``."""
+        return self.backbone.added_conditions(batch, tuple(int(v) for v in prepared.pixels.shape[-2:]))
 
     def _check_model(self, prepared: Prepared) -> None:
         if prepared.model != self.backbone.fingerprint:
