@@ -14,6 +14,8 @@ from .errors import StyleGalleryError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .testing import ARCHITECTURES
+
     parser = argparse.ArgumentParser(prog="stylegallery", description="Semantic-aware style transfer with Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="stylize CONTENT with one or more STYLE references")
@@ -47,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings(batch)
     make = sub.add_parser("make-test-model", help="write tiny random-weight models to DIR/sd, DIR/dinov2, DIR/depth and a LoRA to DIR/lora")
     make.add_argument("folder")
-    make.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
+    make.add_argument("--arch", choices=ARCHITECTURES, default="tiny",
+                      help="tiny: SD 1.x for tests; sd15: the full SD 1.5 architecture; tiny-sd2, tiny-sdxl: the other families")
     return parser
 
 

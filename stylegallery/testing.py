@@ -19,8 +19,8 @@ import torch
 from .preview import SD_LATENT_TO_RGB
 
 #: Bump when the layout or configs below change, so cached copies are rebuilt rather than trusted.
-TEST_MODEL_VERSION = 9
-ARCHITECTURES = ("tiny", "sd15")
+TEST_MODEL_VERSION = 10
+ARCHITECTURES = ("tiny", "sd15", "tiny-sd2", "tiny-sdxl")
 RESIDUAL_SCALE = 0.02
 PARTS = ("sd", "dinov2", "depth", "lora")
 
@@ -55,6 +55,20 @@ def _unet_config(arch: str) -> dict:
             cross_attention_dim=768,
             attention_head_dim=8,
         )
+    tiny = _tiny_unet_config()
+    if arch == "tiny-sd2":  # SD 2.x: linear projections in the transformers, several head sizes
+        return dict(tiny, use_linear_projection=True, attention_head_dim=(1, 2))
+    if arch == "tiny-sdxl":  # SDXL: two stacked transformer layers per attention module, pooled text and size ids
+        return dict(tiny, use_linear_projection=True, transformer_layers_per_block=(1, 2), cross_attention_dim=64,
+                    addition_embed_type="text_time", addition_time_embed_dim=8,
+                    projection_class_embeddings_input_dim=TINY_TEXT + 6 * 8)
+    return tiny
+
+
+TINY_TEXT = 32  # hidden size of each tiny text encoder (SDXL's two side by side: 64)
+
+
+def _tiny_unet_config() -> dict:
     # Two levels: self-attention in the encoder and in decoder blocks at two resolutions, so the layer roles of
     # DESIGN.md (feature block, loss layers) exist just as in SD 1.5, with a receptive field small enough that
     # random features still follow the image's regions.
@@ -66,7 +80,7 @@ def _unet_config(arch: str) -> dict:
         block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
+        cross_attention_dim=TINY_TEXT,
         attention_head_dim=1,  # one head: attention at full latent resolution stays cheap on a CPU
         norm_num_groups=8,
     )
@@ -211,55 +225,64 @@ def _pointwise_unet(unet: torch.nn.Module) -> None:
 
 def _build_sd(folder: Path, arch: str) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     unet = UNet2DConditionModel(**_unet_config(arch))
-    if arch == "tiny":
+    if arch.startswith("tiny"):
         _damp_residual_branches(unet, RESIDUAL_SCALE)
         _pointwise_unet(unet)
     unet.save_pretrained(folder / "unet")
 
     vae = AutoencoderKL(**_vae_config(arch))
-    if arch == "tiny":
+    if arch.startswith("tiny"):
         _colour_vae(vae)
     vae.save_pretrained(folder / "vae")
 
-    hidden = _unet_config(arch)["cross_attention_dim"]
+    sdxl = arch == "tiny-sdxl"
+    hidden = TINY_TEXT if sdxl else _unet_config(arch)["cross_attention_dim"]
     vocab, merges = _vocabulary()
     text_config = CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=1,
+        num_hidden_layers=2 if sdxl else 1,  # SDXL reads the penultimate layer
         num_attention_heads=4,
         max_position_embeddings=77,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
+        projection_dim=hidden,
     )
     CLIPTextModel(text_config).save_pretrained(folder / "text_encoder")
+    if sdxl:
+        CLIPTextModelWithProjection(text_config).save_pretrained(folder / "text_encoder_2")
 
-    tok_dir = folder / "tokenizer"
-    tok_dir.mkdir(parents=True)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(
-        str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>"
-    )
-    tokenizer.save_pretrained(tok_dir)
+    for tokenizer_name in ("tokenizer", "tokenizer_2") if sdxl else ("tokenizer",):
+        tok_dir = folder / tokenizer_name
+        tok_dir.mkdir(parents=True)
+        (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+        (tok_dir / "merges.txt").write_text("\n".join(merges) + "\n")
+        tokenizer = CLIPTokenizer(
+            str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>"
+        )
+        tokenizer.save_pretrained(tok_dir)
 
-    DDIMScheduler(**_SD15_SCHEDULER).save_pretrained(folder / "scheduler")
+    # SD 2.1 (768-v) predicts v
+    scheduler = dict(_SD15_SCHEDULER, prediction_type="v_prediction" if arch == "tiny-sd2" else "epsilon")
+    DDIMScheduler(**scheduler).save_pretrained(folder / "scheduler")
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
     }
+    if sdxl:
+        index.update(text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+                     tokenizer_2=["transformers", "CLIPTokenizer"], force_zeros_for_empty_prompt=True)
+    else:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
