@@ -19,7 +19,7 @@ from .families import added_conditions, check_pipeline_folder, family_of
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_SEMANTIC_MODEL = "facebook/dinov2-base"
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
-TEST_MODEL_NAMES = ("tiny", "sd15")
+TEST_MODEL_NAMES = ("tiny", "sd15", "tiny-sd2", "tiny-sdxl", "sdxl")  # the random-weight architectures of testing.py
 
 logger = logging.getLogger("stylegallery")
 
@@ -193,7 +193,7 @@ def load_depth(name: str, device: torch.device):
 
 
 def test_model_folder(name: str) -> Path:
-    """Folder of the cached random-weight test models named ``tiny`` or ``sd15``, built on first use."""
+    """Folder of the cached random-weight test models ``name`` (one of ``TEST_MODEL_NAMES``), built on first use."""
     from .testing import cached_test_models
 
     return cached_test_models(name)

@@ -183,7 +183,8 @@ class StyleGallery:
         lora: str | None = None,
         lora_weight_name: str | None = None,
     ) -> "StyleGallery":
-        """Load the backbone (Hub id or diffusers folder; ``tiny``/``sd15`` = random-weight test models).
+        """Load the backbone (Hub id or diffusers folder; ``tiny``, ``sd15``, ``tiny-sd2``, ``tiny-sdxl``, ``sdxl`` =
+        random-weight test models).
 
         ``None`` means the default model. Only the default falls back, with a warning, to the tiny test models
         when it cannot be loaded (no network and no local copy); a model you name never falls back.

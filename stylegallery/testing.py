@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from .models import TEST_MODEL_NAMES
 from .preview import SD_LATENT_TO_RGB
 
 #: Bump when the layout or configs below change, so cached copies are rebuilt rather than trusted.
 TEST_MODEL_VERSION = 10
-ARCHITECTURES = ("tiny", "sd15", "tiny-sd2", "tiny-sdxl")
+ARCHITECTURES = TEST_MODEL_NAMES
 RESIDUAL_SCALE = 0.02
 PARTS = ("sd", "dinov2", "depth", "lora")
 
@@ -55,6 +56,15 @@ def _unet_config(arch: str) -> dict:
             cross_attention_dim=768,
             attention_head_dim=8,
         )
+    if arch == "sdxl":  # stabilityai/stable-diffusion-xl-base-1.0's UNet
+        return dict(
+            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
     tiny = _tiny_unet_config()
     if arch == "tiny-sd2":  # SD 2.x: linear projections in the transformers, several head sizes
         return dict(tiny, use_linear_projection=True, attention_head_dim=(1, 2))
@@ -87,7 +97,8 @@ def _tiny_unet_config() -> dict:
 
 
 def _vae_config(arch: str) -> dict:
-    channels = (128, 256, 512, 512) if arch == "sd15" else (16, 16, 32, 32)
+    full = arch in ("sd15", "sdxl")
+    channels = (128, 256, 512, 512) if full else (16, 16, 32, 32)
     return dict(
         in_channels=3,
         out_channels=3,
@@ -95,10 +106,10 @@ def _vae_config(arch: str) -> dict:
         block_out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2 if arch == "sd15" else 1,
-        norm_num_groups=32 if arch == "sd15" else 4,
-        sample_size=512 if arch == "sd15" else 64,
-        scaling_factor=0.18215,
+        layers_per_block=2 if full else 1,
+        norm_num_groups=32 if full else 4,
+        sample_size=(1024 if arch == "sdxl" else 512) if full else 64,
+        scaling_factor=0.13025 if arch == "sdxl" else 0.18215,
     )
 
 
@@ -238,10 +249,12 @@ def _build_sd(folder: Path, arch: str) -> None:
         _colour_vae(vae)
     vae.save_pretrained(folder / "vae")
 
-    sdxl = arch == "tiny-sdxl"
-    hidden = TINY_TEXT if sdxl else _unet_config(arch)["cross_attention_dim"]
+    sdxl = arch in ("tiny-sdxl", "sdxl")
+    # SDXL's two encoders: CLIP ViT-L (768) and OpenCLIP bigG (1280) side by side; the tiny model's are 32 each.
+    # The full architectures' text encoders have 2 layers here: only the empty prompt is encoded, once.
+    widths = {"tiny-sdxl": (TINY_TEXT, TINY_TEXT), "sdxl": (768, 1280)}.get(arch, (_unet_config(arch)["cross_attention_dim"],))
     vocab, merges = _vocabulary()
-    text_config = CLIPTextConfig(
+    configs = [CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -252,10 +265,10 @@ def _build_sd(folder: Path, arch: str) -> None:
         eos_token_id=1,
         pad_token_id=1,
         projection_dim=hidden,
-    )
-    CLIPTextModel(text_config).save_pretrained(folder / "text_encoder")
+    ) for hidden in widths]
+    CLIPTextModel(configs[0]).save_pretrained(folder / "text_encoder")
     if sdxl:
-        CLIPTextModelWithProjection(text_config).save_pretrained(folder / "text_encoder_2")
+        CLIPTextModelWithProjection(configs[1]).save_pretrained(folder / "text_encoder_2")
 
     for tokenizer_name in ("tokenizer", "tokenizer_2") if sdxl else ("tokenizer",):
         tok_dir = folder / tokenizer_name
@@ -422,8 +435,11 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
     """Build random-weight models into ``folder/sd``, ``folder/dinov2``, ``folder/depth`` and a LoRA for the
     UNet into ``folder/lora``.
 
-    ``arch="tiny"`` gives models of a few hundred kilobytes for tests; ``arch="sd15"`` gives the real SD 1.5
-    UNet and VAE architecture (random weights, about 3.5 GB) for benchmarks. Existing folders are not touched:
+    ``arch="tiny"`` gives models of a few hundred kilobytes for tests; ``"tiny-sd2"`` (v-prediction, linear
+    projections) and ``"tiny-sdxl"`` (two text encoders, pooled embedding and size ids, stacked transformer
+    layers) the same for the other families. ``"sd15"`` and ``"sdxl"`` give the real UNet and VAE architectures
+    (random weights; about 3.5 GB and 10.5 GB; their text encoders have the real widths but 1 or 2 layers, since only
+    the empty prompt is encoded) for benchmarks. Existing folders are not touched:
     the models are written to a temporary folder beside ``folder`` and moved into place.
     """
     if arch not in ARCHITECTURES:
