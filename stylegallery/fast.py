@@ -45,15 +45,29 @@ PRESETS = {
     "hyper-sd": Preset("hyper-sd", "ByteDance/Hyper-SD", "Hyper-SD15-4steps-lora.safetensors", "euler-trailing",
                        28, 3, 0.15, 0.38),
 }
+#: The same modes for SDXL, with the step-distilled LoRAs made for it. The release has no SDXL variant: the
+#: settings are its SD 1.5 values, not tuned for SDXL.
+SDXL_PRESETS = {
+    "lcm": Preset("lcm", "latent-consistency/lcm-lora-sdxl", "pytorch_lora_weights.safetensors", "lcm",
+                  28, 3, 0.25, 0.33),
+    "hyper-sd": Preset("hyper-sd", "ByteDance/Hyper-SD", "Hyper-SDXL-4steps-lora.safetensors", "euler-trailing",
+                       28, 3, 0.15, 0.38),
+}
 #: ``fast`` is the release's default accelerated mode.
 ALIASES = {"fast": "lcm"}
+_BY_FAMILY = {"sd1": PRESETS, "sdxl": SDXL_PRESETS}
 
 
-def get_preset(name: str) -> Preset:
-    """The preset called ``name`` (``fast``, ``lcm`` or ``hyper-sd``)."""
-    preset = PRESETS.get(ALIASES.get(name, name))
+def get_preset(name: str, family: str = "sd1") -> Preset:
+    """The preset called ``name`` (``fast``, ``lcm`` or ``hyper-sd``) for a model of ``family``."""
+    table = _BY_FAMILY.get(family)
+    if table is None:
+        raise StyleGalleryError(f"there is no fast preset for {family} models (only for SD 1.x and SDXL): load a "
+                                "step-distilled LoRA made for the model with load_lora_weights or --lora, and choose "
+                                "steps, lr and c_ratio yourself")
+    preset = table.get(ALIASES.get(name, name))
     if preset is None:
-        raise StyleGalleryError(f"unknown preset {name!r}; choose one of {', '.join([*ALIASES, *PRESETS])}")
+        raise StyleGalleryError(f"unknown preset {name!r}; choose one of {', '.join([*ALIASES, *table])}")
     return preset
 
 

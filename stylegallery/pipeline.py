@@ -264,18 +264,14 @@ class StyleGallery:
         return self
 
     def use_preset(self, name: str) -> dict:
-        """Get ready for a preset (``fast`` = ``lcm``, or ``hyper-sd``; see :data:`stylegallery.fast.PRESETS`)
+        """Get ready for a preset (``fast`` = ``lcm``, or ``hyper-sd``; see :data:`stylegallery.fast.PRESETS`, and
+        ``SDXL_PRESETS`` for an SDXL model)
         and return its stylize settings.
 
         Loads the preset's LoRA unless a LoRA of your own is loaded (which is kept). With the random-weight
         test models (``tiny``, ``sd15`` or a ``make-test-model`` folder) the preset uses their random LoRA.
         """
-        preset = get_preset(name)
-        if self.backbone.family != "sd1":
-            raise StyleGalleryError(
-                f"the fast presets carry the release's SD 1.5 LoRAs and settings; this is an {self.backbone.family} "
-                "model: load a step-distilled LoRA made for it (e.g. latent-consistency/lcm-lora-sdxl) with "
-                "load_lora_weights or --lora, and choose steps, lr and c_ratio yourself")
+        preset = get_preset(name, self.backbone.family)
         if self.lora is None or (self._lora_preset is not None and self._lora_preset != preset.name):
             self._load_preset_lora(preset)
         return preset.settings()

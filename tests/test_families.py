@@ -89,6 +89,8 @@ def test_the_pipeline_and_cli_run_on_the_other_families(family_models, tmp_path,
     assert pipe.backbone.family == family
     if family == "sd2":
         assert pipe.scheduler.config.prediction_type == "v_prediction"
+        with pytest.raises(StyleGalleryError, match="no fast preset for sd2"):
+            pipe.use_preset("fast")
     else:
         # the loss layers: the first of the two stacked transformer layers of each decoder attention module
         names = self_attention_names(pipe.unet)
@@ -98,8 +100,15 @@ def test_the_pipeline_and_cli_run_on_the_other_families(family_models, tmp_path,
         assert conditions["time_ids"].tolist() == [[64, 128, 0, 0, 64, 128]] * 2
         assert conditions["text_embeds"].shape == (2, pipe.backbone.pooled.shape[-1])
         assert pipe.backbone.embedding.shape[-1] == pipe.unet.config.cross_attention_dim
-        with pytest.raises(StyleGalleryError, match="SD 1.5 LoRAs"):
-            pipe.use_preset("fast")
+        # the SDXL presets: their LoRA (here the test folder's random one, made for this UNet) fused for stylize
+        settings = pipe.use_preset("fast")
+        assert settings["scheduler"] == "lcm" and pipe.lora is not None
+        prepared = pipe.prepare(tmp_path / "content.png", [tmp_path / "style.png"], size=64)
+        inversion = pipe.invert(prepared, inversion_steps=2, progress=False)
+        segmentation = pipe.segment(prepared, inversion, n_clusters=2, use_depth=False, progress=False)
+        matching = pipe.match(prepared, inversion, segmentation)
+        fast = pipe.stylize(prepared, inversion, segmentation, matching, **dict(settings, steps=2), progress=False)
+        assert fast.settings["lora"] is not None and all(math.isfinite(h["total"]) for h in fast.history)
 
 
 def test_a_result_of_one_family_is_refused_by_another(family_models, pipe, planted_run):
