@@ -111,12 +111,15 @@ def test_the_pipeline_and_cli_run_on_the_other_families(family_models, tmp_path,
         assert fast.settings["lora"] is not None and all(math.isfinite(h["total"]) for h in fast.history)
 
 
-def test_a_result_of_one_family_is_refused_by_another(family_models, pipe, planted_run):
+def test_a_saved_result_of_one_family_is_refused_by_another(family_models, pipe, planted_run, tmp_path):
+    from stylegallery import Prepared
+
     _, folder = family_models
     other = StyleGallery.from_pretrained(str(folder / "sd"), semantic_model=False, depth_model=False, device="cpu")
     prepared, inversion, _ = planted_run  # made by the SD 1.x test pipeline
+    saved = Prepared.load(prepared.save(tmp_path / "prepared"))
     with pytest.raises(StyleGalleryError, match="another model"):
-        other.invert(prepared, progress=False)
+        other.invert(saved, progress=False)
 
 
 def test_a_diffusion_transformer_is_refused_with_the_supported_families(tmp_path, capsys):
