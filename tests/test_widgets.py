@@ -612,3 +612,26 @@ def test_every_widget_has_a_static_png(session):
     assert png(compare.content_png).size == png(compare.result_png).size == (128, 128)
     assert [png(b).size for b in compare.style_pngs] == [(128, 128), (128, 128)]
     assert np.asarray(png(widgets[0]._repr_png_())).std() > 10  # not a blank picture
+
+
+def test_attention_view_shows_the_results_queries_when_asked(pipe, session):
+    view = AttentionView(session)
+    assert not view.has_result and view.queries == "content"
+    frontend_update(view, queries="result")  # no result yet: said, not raised
+    assert view.status.startswith("⚠ there is no stylize result yet")
+    frontend_update(view, queries="content", point=[40, 70])
+    content = view.maps
+
+    session.run("stylize", progress=False)
+    view.refresh()
+    assert view.has_result
+    frontend_update(view, queries="result")
+    direct = pipe.attention_maps(session.prepared, session.segmentation, session.matching, [(40, 70)],
+                                 timestep=view.timestep, layer=view.layer, stylization=session.stylization)
+    weights = lambda m: np.concatenate([w.ravel() for w in m.maps[0]])  # noqa: E731  (every reference's)
+    assert np.allclose(weights(view.maps), weights(direct)) and "queries of the result" in view.status
+    assert not np.allclose(weights(view.maps), weights(content))
+
+    session.set(c_ratio=0.5)  # the result goes stale: back to the content's queries
+    view.refresh()
+    assert not view.has_result and view.queries == "content" and "queries of the content" in view.status

@@ -1,5 +1,5 @@
 // AttentionView: the content on a <canvas> (click or drag to select a point), the references' heat maps from the
-// kernel as <img>s, and the controls (timestep, layer, head, mode). Follows common.js in the _esm.
+// kernel as <img>s, and the controls (timestep, layer, head, mode, whose queries). Follows common.js in the _esm.
 
 function select(cls, label) {
   const wrap = el("label", "sg-label sg-av-control", label + " ");
@@ -41,7 +41,9 @@ function render({ model, el: root }) {
   const [layerWrap, layerSelect] = select("sg-av-layer", "layer");
   const [headWrap, headSelect] = select("sg-av-head", "head");
   const [modeWrap, modeSelect] = select("sg-av-mode", "mode");
-  controls.append(tWrap, layerWrap, headWrap, modeWrap);
+  const [queryWrap, querySelect] = select("sg-av-queries", "queries of");
+  queryWrap.title = "the clean content's queries, or those of the last stylize result's latent (what the loss's target used at the end)";
+  controls.append(tWrap, layerWrap, headWrap, modeWrap, queryWrap);
   const status = el("div", "sg-status");
   box.append(caption, row, controls, status);
   root.appendChild(box);
@@ -140,6 +142,8 @@ function render({ model, el: root }) {
     for (let h = 0; h < model.get("heads"); h++) heads.push([h, String(h)]);
     setOptions(headSelect, heads, model.get("head"));
     setOptions(modeSelect, (model.get("modes") || []).map((m) => [m, m]), model.get("mode"));
+    setOptions(querySelect, [["content", "content"], ["result", "result"]], model.get("queries"));
+    querySelect.options[1].disabled = !model.get("has_result");
   }
 
   function onSize() {
@@ -219,6 +223,7 @@ function render({ model, el: root }) {
   layerSelect.addEventListener("change", () => setControl("layer", Number(layerSelect.value)));
   headSelect.addEventListener("change", () => setControl("head", Number(headSelect.value)));
   modeSelect.addEventListener("change", () => setControl("mode", modeSelect.value));
+  querySelect.addEventListener("change", () => setControl("queries", querySelect.value));
 
   async function onImage() {
     bitmap = await loadPng(model.get("content_png"));
@@ -229,7 +234,7 @@ function render({ model, el: root }) {
     "change:point change:region change:labels change:label_grid change:image_size": draw,
     "change:heatmaps change:reference_names change:reference_shares change:match change:reference_width": updateRefs,
     "change:caption change:share": updateCaption,
-    "change:timesteps change:timestep change:layers change:layer change:heads change:head change:mode change:modes": updateControls,
+    "change:timesteps change:timestep change:layers change:layer change:heads change:head change:mode change:modes change:queries change:has_result": updateControls,
     "change:status": () => (status.textContent = model.get("status")),
     "change:width": onSize,
   };

@@ -71,12 +71,15 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     inside the matched region (``share``; 1 for ``"masked"``, None for a region that keeps its content).
 
     Controls: the timestep (those of the stylize run: ``steps`` and ``scheduler``), the loss layer, the head
-    (``head`` = -1 for the mean over heads) and the mode (``"zeroed"``, ``"masked"``, ``"plain"``). After the
-    first point at a timestep the features come from the pipe's cache, so another point costs milliseconds.
+    (``head`` = -1 for the mean over heads), the mode (``"zeroed"``, ``"masked"``, ``"plain"``) and whose queries
+    (``queries``: the clean content's, or ``"result"``: the stylize result's latent, as the loss's target used
+    them at the end; one UNet pass per timestep). After the first point at a timestep the features come from the
+    pipe's cache, so another point costs milliseconds.
     ``elapsed_ms``: the kernel's time for the last update (maps and pictures).
 
     ``AttentionView(session)`` uses the session's results and stylize settings (:meth:`refresh` follows new
-    ones); ``AttentionView(pipe, prepared, segmentation, matching, steps=..., scheduler=...)`` works on results.
+    ones); ``AttentionView(pipe, prepared, segmentation, matching, steps=..., scheduler=..., stylization=...)``
+    works on results.
     """
 
     _esm = esm("attention_view.js")
@@ -102,6 +105,8 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     head = t.Int(-1).tag(sync=True)  # -1: mean over heads
     mode = t.Unicode("zeroed").tag(sync=True)
     modes = t.List(t.Unicode(), default_value=list(MAP_MODES)).tag(sync=True)
+    queries = t.Unicode("content").tag(sync=True)  # "content" (clean content) or "result" (the stylize result's latent)
+    has_result = t.Bool(False).tag(sync=True)  # a result is there to take queries from
     elapsed_ms = t.Float(0.0).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
     width = t.Int(256).tag(sync=True)  # displayed width of the content canvas in CSS pixels
@@ -109,6 +114,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
 
     def __init__(self, pipe, prepared: Prepared | None = None, segmentation: Segmentation | None = None,
                  matching: Matching | None = None, *, steps: int | None = None, scheduler: str | None = None,
+                 stylization=None,
                  point=None, mode: str = "zeroed", timestep: int | None = None, layer: int | None = None,
                  head: int | None = None, width: int = 256, reference_width: int = 192, **kwargs):
         from stylegallery.session import Session
@@ -124,6 +130,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         self.pipe = pipe
         self._results = (prepared, segmentation, matching)
         self._steps, self._scheduler = steps, scheduler
+        self._stylization = stylization
         self._shown = None  # what the pictures were made from: results and matches
         self._maps = None
         self._computed = None  # what the maps shown were computed from (see _key)
@@ -132,7 +139,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         self.layers = [int(x) for x in pipe.recorder.layers]
         self.mode = mode if mode in MAP_MODES else "zeroed"
         self._quiet = False
-        self.observe(self._control_changed, names=["point", "timestep", "layer", "head", "mode"])
+        self.observe(self._control_changed, names=["point", "timestep", "layer", "head", "mode", "queries"])
         self.on_msg(self._on_message)
         self.refresh(point=point, timestep=timestep, layer=layer, head=head, mode=mode)
 
@@ -188,6 +195,9 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
                     self.labels = content.astype(np.uint8).tobytes()
                     self.label_grid = [int(v) for v in content.shape]
                 self.timesteps = timesteps
+                self.has_result = self._result() is not None
+                if not self.has_result:  # the result went stale or away: back to the content's queries
+                    self.queries = "content"
                 if timestep is not None:
                     self.timestep = int(timestep)
                 elif self.timestep not in timesteps:
@@ -212,11 +222,17 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             self.update()
 
     # ------------------------------------------------------------------ maps
+    def _result(self):
+        """The stylization whose latent's queries ``queries="result"`` shows (None when there is none)."""
+        if self._session is None:
+            return self._stylization
+        return None if "stylize" in self._session.stale else self._session.stylization
+
     def _key(self, matching) -> tuple:
         prepared, segmentation = (self._session.prepared, self._session.segmentation) if self._session else self._results[:2]
         matches = tuple(None if m is None else tuple(m) for m in matching.matches)
         return (id(prepared), id(segmentation), id(matching), matches, self.timestep, self.layer, self.head, self.mode,
-                tuple(self.point))
+                tuple(self.point), self.queries, id(self._result()))
 
     def _control_changed(self, change) -> None:
         if self._quiet:
@@ -251,7 +267,13 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
                 raise StyleGalleryError(f"mode must be one of {', '.join(MAP_MODES)} (got {self.mode!r})")
             if self.head >= self.heads or self.head < -1:
                 raise StyleGalleryError(f"head must be between 0 and {self.heads - 1}, or -1 for the mean (got {self.head})")
+            if self.queries not in ("content", "result"):
+                raise StyleGalleryError(f"queries must be content or result (got {self.queries!r})")
+            result = self._result() if self.queries == "result" else None
+            if self.queries == "result" and result is None:
+                raise StyleGalleryError("there is no stylize result yet: run stylize, or use the content's queries")
             maps = self.pipe.attention_maps(prepared, segmentation, matching, [tuple(self.point)], timestep=self.timestep,
+                                            stylization=result,
                                             layer=self.layer, mode=self.mode, head=None if self.head < 0 else self.head)
             pictures = self._pictures(prepared, maps)
             key = self._key(matching)
@@ -287,7 +309,8 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             self.caption = caption
             self.elapsed_ms = round(elapsed, 1)
             head = "mean of heads" if self.head < 0 else f"head {self.head}"
-            self.status = f"{maps.mode} · t = {maps.timestep} · layer {maps.layer} · {head} · {elapsed:.0f} ms"
+            self.status = (f"{maps.mode} · t = {maps.timestep} · layer {maps.layer} · {head} · queries of the {self.queries} · "
+                           f"{elapsed:.0f} ms")
         self.send({"type": "answered"})
         return True
 
