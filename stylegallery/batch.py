@@ -332,12 +332,8 @@ def run_batch(jobs: list[Job], outdir: str | os.PathLike, *, load_pipe, settings
     # each folder once (a plan may repeat a job), split between the processes
     unique = [i for i, name in enumerate(names) if names.index(name) == i]
     pipe = None
-    status_of: dict[int, str] = {}
     with state.split_between_processes(unique) as mine:
         todo = [i for i in mine if read_report(folders[i]) is None]
-        for i in mine:
-            if i not in todo:
-                status_of[i] = "skipped"
         bar = tqdm(total=len(todo), desc=f"batch {state.process_index + 1}/{state.num_processes}" if state.num_processes > 1
                    else "batch", unit="job", disable=not progress, position=state.process_index)
         for i in todo:
@@ -352,29 +348,28 @@ def run_batch(jobs: list[Job], outdir: str | os.PathLike, *, load_pipe, settings
                                                    enabled=share_inversions)
             try:
                 _run_job(pipe, jobs[i], resolved[i], folder, info, progress and state.num_processes == 1)
-                status_of[i] = "done"
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # recorded per job; the others go on
                 message = str(exc) if isinstance(exc, StyleGalleryError) else f"{type(exc).__name__}: {exc}"
                 folder.mkdir(parents=True, exist_ok=True)
                 _write_json(folder / "error.json", dict(info, row=jobs[i].row, error=message.splitlines()[0] if message else ""))
-                status_of[i] = "failed"
                 if pipe is not None and pipe.device.type == "cuda":
                     torch.cuda.empty_cache()
             bar.update(1)
         bar.close()
     state.wait_for_everyone()
+    reports = {name: read_report(outdir / JOBS_DIR / name) for name in dict.fromkeys(names)}  # each folder read once
+    status = {name: _status(report, outdir / JOBS_DIR / name, run_id) for name, report in reports.items()}
     summary = gallery = None
     if state.is_main_process:
-        summary = write_summary(jobs, names, resolved, outdir, run_id)
-        gallery = write_gallery(jobs, names, outdir)
-    statuses = [_status(folders[names.index(n)], run_id) for n in names]
-    return BatchRun(outdir, names, statuses, summary, gallery)
+        summary = write_summary(jobs, names, resolved, outdir, reports, status)
+        gallery = write_gallery(jobs, names, outdir, reports)
+    return BatchRun(outdir, names, [status[n] for n in names], summary, gallery)
 
 
-def _status(folder: Path, run_id: str) -> str:
-    report = read_report(folder)
+def _status(report: dict | None, folder: Path, run_id: str) -> str:
+    """A job's status from its complete report (or None) and its folder."""
     if report is not None:
         return "done" if report["batch"].get("run_id") == run_id else "skipped"
     return "failed" if (folder / "error.json").is_file() else "missing"
@@ -388,10 +383,9 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def _summary_row(job: Job, name: str, settings: dict, folder: Path, run_id: str) -> dict:
+def _summary_row(job: Job, name: str, settings: dict, folder: Path, report: dict | None, status: str) -> dict:
     row = {"row": job.row, "job": name, "content": job.content, "styles": ";".join(job.styles),
-           "settings": json.dumps(settings, sort_keys=True, default=str), "status": _status(folder, run_id)}
-    report = read_report(folder)
+           "settings": json.dumps(settings, sort_keys=True, default=str), "status": status}
     if report is not None:
         batch = report["batch"]
         memory = report.get("peak_memory", {})
@@ -415,16 +409,18 @@ def _summary_row(job: Job, name: str, settings: dict, folder: Path, run_id: str)
     return row
 
 
-def write_summary(jobs: list[Job], names: list[str], settings: list[dict], outdir: Path, run_id: str) -> Path:
+def write_summary(jobs: list[Job], names: list[str], settings: list[dict], outdir: Path, reports: dict,
+                  status: dict) -> Path:
     """``OUTDIR/summary.csv``: one row per job of the plan (inputs, settings, status, seconds per stage, peak
-    memory, final loss, per-region scores averaged, error), written atomically."""
+    memory, final loss, per-region scores averaged, error), written atomically. ``reports`` and ``status``: each
+    job folder's complete report (or None) and status, by folder name."""
     import io
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for job, name, s in zip(jobs, names, settings):
-        writer.writerow(_summary_row(job, name, s, outdir / JOBS_DIR / name, run_id))
+        writer.writerow(_summary_row(job, name, s, outdir / JOBS_DIR / name, reports[name], status[name]))
     return write_atomic(outdir / SUMMARY_NAME, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
 
 

@@ -83,11 +83,9 @@ def _picture(image: Path, regions: Path | None, caption: str, alt: str) -> str:
             f'<div class="sg-gal-name">{html.escape(caption)}</div></div>')
 
 
-def _row(job, name: str, folder: Path) -> str:
-    report = error = None
-    try:
-        report = json.loads((folder / "report.json").read_text())
-    except (OSError, ValueError):
+def _row(job, name: str, folder: Path, report: dict | None) -> str:
+    error = None
+    if report is None:
         try:
             error = json.loads((folder / "error.json").read_text()).get("error")
         except (OSError, ValueError):
@@ -95,7 +93,7 @@ def _row(job, name: str, folder: Path) -> str:
     content = _picture(Path(job.content), folder / "regions_content.png", Path(job.content).name, "content")
     styles = "".join(_picture(Path(s), folder / f"regions_style{j + 1}.png", Path(s).name, f"reference {j + 1}")
                      for j, s in enumerate(job.styles))
-    if report is not None and (folder / "result.png").is_file():
+    if report is not None:  # complete: every output is there
         result = _picture(folder / "result.png", folder / "regions_content.png", name, "result")
         batch = report.get("batch", {})
         meta = (f'{batch.get("seconds", 0):.1f} s · loss {report["loss_history"][-1]["total"]:.3f} · '
@@ -107,17 +105,18 @@ def _row(job, name: str, folder: Path) -> str:
             f'<td class="sg-gal-result">{result}</td></tr>')
 
 
-def gallery_html(jobs, names: list[str], outdir: Path) -> str:
-    """The sheet as an HTML fragment (a ``<div class="sg-gal">`` with its own styles)."""
-    rows = "\n".join(_row(job, name, Path(outdir) / "jobs" / name) for job, name in zip(jobs, names))
+def gallery_html(jobs, names: list[str], outdir: Path, reports: dict) -> str:
+    """The sheet as an HTML fragment (a ``<div class="sg-gal">`` with its own styles); ``reports``: each job
+    folder's complete report, or None, by folder name."""
+    rows = "\n".join(_row(job, name, Path(outdir) / "jobs" / name, reports[name]) for job, name in zip(jobs, names))
     return (f'<div class="sg-gal"><style>{STYLE}</style><table><thead><tr><th>row</th><th>content</th>'
             f'<th>references</th><th>result</th></tr></thead><tbody>\n{rows}\n</tbody></table>'
             f'<p class="sg-gal-meta">Hover a picture for its regions.</p></div>')
 
 
-def write_gallery(jobs, names: list[str], outdir: str | Path) -> Path:
-    """Write ``OUTDIR/gallery.html`` (atomically) for the jobs of a plan and their folder names."""
-    body = gallery_html(jobs, names, Path(outdir))
+def write_gallery(jobs, names: list[str], outdir: str | Path, reports: dict) -> Path:
+    """Write ``OUTDIR/gallery.html`` (atomically) for the jobs of a plan, their folder names and reports."""
+    body = gallery_html(jobs, names, Path(outdir), reports)
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>StyleGallery batch</title></head>'
             f'<body>\n{body}\n</body></html>\n')
     return write_atomic(Path(outdir) / "gallery.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))

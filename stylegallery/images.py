@@ -107,3 +107,19 @@ def aspect_size(image: Image.Image, long_side: int) -> tuple[int, int]:
     w, h = image.size
     scale = long_side / max(w, h)
     return tuple(max(64, int(round(side * scale / 64)) * 64) for side in (h, w))
+
+
+def rgb_array(image) -> np.ndarray:
+    """A PIL image, (H, W, 3) or (H, W) array, or (3, H, W) tensor or array as an (H, W, 3) uint8 array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = image.detach().to("cpu").numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise StyleGalleryError(f"expected an RGB image (H, W, 3) or (3, H, W), got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
+    return array

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import StyleGalleryError
+from .images import rgb_array
 from .results import Matching, Prepared, Segmentation, Stylization
 
 __all__ = ["RegionScores", "latent_stat_distance", "latent_stats", "lab", "lpips", "region_scores", "ssim",
@@ -42,20 +43,6 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _hwc(image) -> np.ndarray:
-    """PIL image, (H, W, 3) array or (3, H, W) uint8 tensor -> (H, W, 3) uint8 array."""
-    if hasattr(image, "convert"):
-        return np.asarray(image.convert("RGB"))
-    array = _numpy(image)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
-        array = array.transpose(1, 2, 0)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise StyleGalleryError(f"expected an RGB image (H, W, 3) or (3, H, W), got shape {array.shape}")
-    if array.dtype != np.uint8:
-        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
-    return array
-
-
 def _resize_labels(labels, size: tuple[int, int]) -> np.ndarray:
     from .plot import upsample_labels
 
@@ -67,7 +54,7 @@ def lab(image) -> np.ndarray:
     """An RGB image (PIL, (H, W, 3) or (3, H, W) uint8) in CIE Lab, as an (H, W, 3) float array."""
     from skimage.color import rgb2lab
 
-    return rgb2lab(_hwc(image))
+    return rgb2lab(rgb_array(image))
 
 
 def _directions(dims: int, n_projections: int, seed: int) -> np.ndarray:
@@ -138,9 +125,11 @@ def latent_stats(latent, mask=None) -> tuple[np.ndarray, np.ndarray]:
 def latent_stat_distance(a, b, mask_a=None, mask_b=None) -> float:
     """AdaIN-style distance of SD latent statistics: ``|mean_a - mean_b| + |std_a - std_b|`` (Euclidean norms over
     the 4 VAE latent channels) between latent ``a`` inside ``mask_a`` and latent ``b`` inside ``mask_b``."""
-    mean_a, std_a = latent_stats(a, mask_a)
-    mean_b, std_b = latent_stats(b, mask_b)
-    return float(np.linalg.norm(mean_a - mean_b) + np.linalg.norm(std_a - std_b))
+    return _stat_distance(latent_stats(a, mask_a), latent_stats(b, mask_b))
+
+
+def _stat_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    return float(np.linalg.norm(a[0] - b[0]) + np.linalg.norm(a[1] - b[1]))
 
 
 # ------------------------------------------------------------------------------------------------ SSIM
@@ -154,7 +143,7 @@ def ssim(reference, image, labels=None) -> tuple[float, np.ndarray]:
     from skimage.color import rgb2gray
     from skimage.metrics import structural_similarity
 
-    x, y = rgb2gray(_hwc(reference)), rgb2gray(_hwc(image))
+    x, y = rgb2gray(rgb_array(reference)), rgb2gray(rgb_array(image))
     if x.shape != y.shape:
         raise StyleGalleryError(f"SSIM needs images of one size, got {x.shape[::-1]} and {y.shape[::-1]} (W, H)")
     whole, full = structural_similarity(x, y, data_range=1.0, full=True)
@@ -279,8 +268,8 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
     content image and the result. ``content_loss``: (whole, per region) to record, as
     ``StyleGallery.content_loss_regions`` gives.
     """
-    result = _hwc(stylization.pixels)
-    content = _hwc(prepared.pixels[0])
+    result = rgb_array(stylization.pixels)
+    content = rgb_array(prepared.pixels[0])
     if result.shape != content.shape:
         raise StyleGalleryError(f"the result ({result.shape[1]}x{result.shape[0]}) and the content image "
                                 f"({content.shape[1]}x{content.shape[0]}) differ in size")
@@ -305,14 +294,15 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
     content_sig = signatures(lab(content), labels[0], range(n_content))
     style_lab: dict[int, np.ndarray] = {}
     style_sig: list[np.ndarray | None] = []
-    latent_masks = []
+    style_stats = []  # latent mean and std of each style region (None: no latent pixel)
     for reference, region in columns:
         image = 1 + reference
         if image not in style_lab:
             style_lab[image] = lab(prepared.pixels[image])
         style_sig += signatures(style_lab[image], labels[image], [region])
         grid = prepared.latents[image].shape[-2:]
-        latent_masks.append((prepared.latents[image], _resize_labels(labels[image], tuple(grid)) == region))
+        mask = _resize_labels(labels[image], tuple(grid)) == region
+        style_stats.append(latent_stats(prepared.latents[image], mask) if mask.any() else None)
 
     def distances(rows) -> np.ndarray:
         out = np.full((n_content, len(columns)), np.nan)
@@ -329,11 +319,10 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
         mask = content_grid == r
         if not mask.any():
             continue
-        mean_a, std_a = latent_stats(stylized, mask)
-        for j, (style_latent, style_mask) in enumerate(latent_masks):
-            if style_mask.any():
-                mean_b, std_b = latent_stats(style_latent, style_mask)
-                latent[r, j] = np.linalg.norm(mean_a - mean_b) + np.linalg.norm(std_a - std_b)
+        stats = latent_stats(stylized, mask)
+        for j, style in enumerate(style_stats):
+            if style is not None:
+                latent[r, j] = _stat_distance(stats, style)
 
     whole, per_region = ssim(content, result, labels[0])
     per_region = np.concatenate([per_region, np.full(max(0, n_content - len(per_region)), np.nan)])[:n_content]
@@ -381,7 +370,7 @@ def lpips(content_image, result_image, net: str = "alex") -> float:
         raise StyleGalleryError(
             f"LPIPS ({net}) needs the torchvision weights {weights.url}, not in the cache ({cached}) and the session is "
             f"offline; download them once online (or copy the file there), or unset HF_HUB_OFFLINE")
-    x, y = _hwc(content_image), _hwc(result_image)
+    x, y = rgb_array(content_image), rgb_array(result_image)
     if x.shape != y.shape:
         raise StyleGalleryError(f"LPIPS needs images of one size, got {x.shape[1::-1]} and {y.shape[1::-1]} (W, H)")
     try:

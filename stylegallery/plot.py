@@ -21,6 +21,7 @@ from matplotlib.patches import Circle, Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 from PIL import Image
 
+from .images import rgb_array
 from .matching import enclosing_circles
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 
@@ -67,22 +68,6 @@ def _numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu").numpy()
     return np.asarray(x)
-
-
-def _rgb(image) -> np.ndarray:
-    """PIL image, (H, W, 3) array or (3, H, W) tensor -> (H, W, 3) uint8 array."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    array = _numpy(image)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
-        array = array.transpose(1, 2, 0)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image (H, W, 3), got shape {array.shape}")
-    if array.dtype != np.uint8:
-        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
-    return array
 
 
 def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
@@ -154,7 +139,7 @@ def overlay_array(image, labels, alpha: float = 0.5) -> np.ndarray:
     neighbour; ``alpha`` is the weight of the colour (0 = image only, 1 = colours only). Negative labels are
     left uncoloured.
     """
-    rgb = _rgb(image)
+    rgb = rgb_array(image)
     full = upsample_labels(labels, rgb.shape[:2])
     palette = region_palette(int(full.max()) + 1 if full.size else 0)
     inside = full >= 0
@@ -266,7 +251,7 @@ def trajectory(inversion: Inversion, index: int = 0, count: int = 6,
     for ax, step in zip(axes[0], chosen):
         latent = path[step]
         if decode is not None:
-            ax.imshow(_rgb(decode(latent[None])))
+            ax.imshow(rgb_array(decode(latent[None])))
         else:
             ax.imshow(_latent_rgb(_numpy(latent)), interpolation="nearest")
         ax.set_title("clean latent" if step == 0 else f"step {step}: t = {inversion.timesteps[step - 1]}", fontsize=9)
@@ -277,9 +262,25 @@ def trajectory(inversion: Inversion, index: int = 0, count: int = 6,
 
 
 # ---------------------------------------------------------------------------------------------- matching
-def _reference_headers(ax: Axes, columns: Sequence[tuple[int, int]], names: Sequence[str] | None) -> None:
-    """Over a matrix whose columns are (reference, style region): each reference's name above its columns, a white
-    line between references."""
+def _label_cells(ax: Axes, values: np.ndarray, digits: int, white) -> None:
+    """Write each finite value of a matrix of at most 200 cells in its cell; ``white(share)`` says whether the text
+    is white, from the value's place between the finite minimum and maximum (None when they are equal)."""
+    rows, cols = values.shape
+    finite = values[np.isfinite(values)]
+    if rows * cols > 200 or not finite.size:
+        return
+    low, span = float(finite.min()), float(finite.max() - finite.min())
+    for r in range(rows):
+        for c in range(cols):
+            if np.isfinite(values[r, c]):
+                share = (values[r, c] - low) / span if span > 0 else None
+                ax.text(c, r, f"{values[r, c]:.{digits}f}", ha="center", va="center", fontsize=7,
+                        color="white" if white(share) else "black")
+
+
+def _style_region_axis(ax: Axes, columns: Sequence[tuple[int, int]], names: Sequence[str] | None) -> None:
+    """The x axis of a matrix whose columns are (reference, style region): region numbers below, each reference's
+    name above its columns, a white line between references."""
     references = [ref for ref, _ in columns]
     top = blended_transform_factory(ax.transData, ax.transAxes)
     starts = [0] + [j for j in range(1, len(columns)) if references[j] != references[j - 1]]
@@ -289,6 +290,8 @@ def _reference_headers(ax: Axes, columns: Sequence[tuple[int, int]], names: Sequ
         if columns:
             ax.text((a + b - 1) / 2, 1.01, _reference(names, references[a]), transform=top, ha="center",
                     va="bottom", fontsize=9, fontweight="bold")
+    ax.set_xticks(range(len(columns)), [str(region) for _, region in columns], fontsize=8)
+    ax.set_xlabel("style region")
 
 
 def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None,
@@ -309,18 +312,11 @@ def match_matrix(matching: Matching, part: str = "score", ax: Axes | None = None
     colourbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
     colourbar.ax.tick_params(labelsize=8)
 
-    if rows * cols <= 200:
-        span = values.max() - values.min()
-        for r in range(rows):
-            for c in range(cols):
-                light = span > 0 and (values[r, c] - values.min()) / span > 0.6
-                ax.text(c, r, f"{values[r, c]:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if light else "white")
+    # viridis is dark at the low end: white text up to 60% of the range
+    _label_cells(ax, values, 2, lambda share: share is None or share <= 0.6)
 
     columns = [tuple(col) for col in matching.columns]
-    _reference_headers(ax, columns, names)
-    ax.set_xticks(range(cols), [str(region) for _, region in columns], fontsize=8)
-    ax.set_xlabel("style region")
+    _style_region_axis(ax, columns, names)
 
     overridden = set(matching.overridden)
     ticks = []
@@ -397,7 +393,7 @@ def matched_pairs(prepared: Prepared, segmentation: Segmentation, matching: Matc
     columns = min(n_content, 3)
     fig, axes = _new((max(3.3 * count, 9.0), 3.9 + 0.3 * -(-n_content // columns)), 1, count)
     for i, ax in enumerate(axes[0]):
-        rgb = _rgb(prepared.pixels[i]).astype(np.float64)
+        rgb = rgb_array(prepared.pixels[i]).astype(np.float64)
         full = upsample_labels(labels[i], rgb.shape[:2])
         out = 0.35 * rgb + 0.65 * 245.0  # faded by default
         mine = [(region, owners) for (image, region), owners in assigned.items() if image == i]
@@ -437,7 +433,7 @@ def match_circles(prepared: Prepared, segmentation: Segmentation, matching: Matc
     palette = region_palette(n_content) / 255
     fig, axes = _new((3.3 * count, 3.6), 1, count)
     for i, ax in enumerate(axes[0]):
-        rgb = _rgb(prepared.pixels[i])
+        rgb = rgb_array(prepared.pixels[i])
         height, width = rgb.shape[:2]
         ax.imshow(rgb)
         scale = height / labels[i].shape[0]
@@ -465,7 +461,7 @@ def attention_map(prepared: Prepared, maps, point: int = 0) -> Figure:
     count = len(prepared.names)
     names = image_names(prepared.names)
     fig, axes = _new((3.3 * count, 3.7), 1, count)
-    content = _rgb(prepared.pixels[0])
+    content = rgb_array(prepared.pixels[0])
     axes[0, 0].imshow(content)
     where = maps.points[point]
     if isinstance(where, (int, np.integer)):
@@ -479,7 +475,7 @@ def attention_map(prepared: Prepared, maps, point: int = 0) -> Figure:
     top = max(float(m.max()) for m in maps.maps[point]) or 1.0
     heat = colormaps["inferno"]
     for j, ax in enumerate(axes[0, 1:]):
-        rgb = _rgb(prepared.pixels[j + 1]).astype(np.float64)
+        rgb = rgb_array(prepared.pixels[j + 1]).astype(np.float64)
         weights = np.asarray(Image.fromarray(maps.maps[point][j].astype(np.float32)).resize(
             (rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST))
         coloured = heat(np.clip(weights / top, 0, 1))[..., :3] * 255
@@ -535,7 +531,7 @@ def before_after(prepared: Prepared, stylization: Stylization) -> Figure:
     panels += [(prepared.pixels[i], _title(prepared, i)) for i in range(1, len(prepared.names))]
     fig, axes = _new((3.2 * len(panels), 3.5), 1, len(panels))
     for ax, (pixels, title) in zip(axes[0], panels):
-        ax.imshow(_rgb(pixels))
+        ax.imshow(rgb_array(pixels))
         ax.set_title(title, fontsize=10, fontweight="bold" if title.startswith("result") else "normal")
         ax.set_axis_off()
     return fig
@@ -561,17 +557,10 @@ def region_scores(scores, names: Sequence[str] | None = None) -> Figure:
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto", interpolation="nearest",
                       vmin=low, vmax=high if high > low else low + 1.0)
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="colour distance (Lab)").ax.tick_params(labelsize=8)
-    if rows * cols <= 200:
-        for r in range(rows):
-            for c in range(cols):
-                if np.isfinite(values[r, c]):
-                    dark = high > low and (values[r, c] - low) / (high - low) > 0.4
-                    ax.text(c, r, f"{values[r, c]:.1f}", ha="center", va="center", fontsize=7,
-                            color="white" if dark else "black")
+    # viridis_r is dark at the high end: white text above 40% of the range
+    _label_cells(ax, values, 1, lambda share: share is not None and share > 0.4)
     columns = [tuple(col) for col in scores.columns]
-    _reference_headers(ax, columns, names)
-    ax.set_xticks(range(cols), [str(region) for _, region in columns], fontsize=8)
-    ax.set_xlabel("style region")
+    _style_region_axis(ax, columns, names)
     ticks = []
     for r in range(rows):
         match = scores.matches[r] if r < len(scores.matches) else None
