@@ -20,7 +20,7 @@ from .models import TEST_MODEL_NAMES
 from .preview import SD_LATENT_TO_RGB
 
 #: Bump when the layout or configs below change, so cached copies are rebuilt rather than trusted.
-TEST_MODEL_VERSION = 10
+TEST_MODEL_VERSION = 11
 ARCHITECTURES = TEST_MODEL_NAMES
 RESIDUAL_SCALE = 0.02
 PARTS = ("sd", "dinov2", "depth", "lora")
@@ -69,13 +69,14 @@ def _unet_config(arch: str) -> dict:
     if arch == "tiny-sd2":  # SD 2.x: linear projections in the transformers, several head sizes
         return dict(tiny, use_linear_projection=True, attention_head_dim=(1, 2))
     if arch == "tiny-sdxl":  # SDXL: two stacked transformer layers per attention module, pooled text and size ids
-        return dict(tiny, use_linear_projection=True, transformer_layers_per_block=(1, 2), cross_attention_dim=64,
-                    addition_embed_type="text_time", addition_time_embed_dim=8,
-                    projection_class_embeddings_input_dim=TINY_TEXT + 6 * 8)
+        return dict(tiny, use_linear_projection=True, transformer_layers_per_block=(1, 2),
+                    cross_attention_dim=TINY_TEXT + TINY_TEXT_2, addition_embed_type="text_time",
+                    addition_time_embed_dim=8, projection_class_embeddings_input_dim=TINY_TEXT_2 + 6 * 8)
     return tiny
 
 
-TINY_TEXT = 32  # hidden size of each tiny text encoder (SDXL's two side by side: 64)
+TINY_TEXT = 32  # hidden size of the tiny text encoder
+TINY_TEXT_2 = 48  # tiny SDXL's second encoder: of another width, as in SDXL, by which single files tell them apart
 
 
 def _tiny_unet_config() -> dict:
@@ -250,9 +251,9 @@ def _build_sd(folder: Path, arch: str) -> None:
     vae.save_pretrained(folder / "vae")
 
     sdxl = arch in ("tiny-sdxl", "sdxl")
-    # SDXL's two encoders: CLIP ViT-L (768) and OpenCLIP bigG (1280) side by side; the tiny model's are 32 each.
+    # SDXL's two encoders: CLIP ViT-L (768) and OpenCLIP bigG (1280) side by side; the tiny model's 32 and 48.
     # The full architectures' text encoders have 2 layers here: only the empty prompt is encoded, once.
-    widths = {"tiny-sdxl": (TINY_TEXT, TINY_TEXT), "sdxl": (768, 1280)}.get(arch, (_unet_config(arch)["cross_attention_dim"],))
+    widths = {"tiny-sdxl": (TINY_TEXT, TINY_TEXT_2), "sdxl": (768, 1280)}.get(arch, (_unet_config(arch)["cross_attention_dim"],))
     vocab, merges = _vocabulary()
     configs = [CLIPTextConfig(
         vocab_size=len(vocab),
@@ -420,6 +421,123 @@ def _build_lora(folder: Path, unet_folder: Path) -> None:
     save_file(tensors, folder / "pytorch_lora_weights.safetensors")
 
 
+_RESNET_TO_ORIGINAL = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+                       ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+
+
+def _original_unet_key(key: str, config: dict) -> str:
+    """The original (CompVis/SGM) name of a diffusers UNet weight: blocks are numbered through, ``layers_per_block
+    + 1`` slots per resolution, the resnet at slot 0, the attention at 1, and up-/down-samplers in a slot of their own
+    (down) or after the attention (up)."""
+    stride = config["layers_per_block"] + 1
+    parts = key.split(".")
+    module, leaf = key.rsplit(".", 1)
+    if module in _UNET_TOP:
+        return f"{_UNET_TOP[module]}.{leaf}"
+    if parts[0] == "mid_block":  # resnet, attention, resnet
+        kind, leaf = parts[1], ".".join(parts[3:])
+        slot = 1 if kind == "attentions" else 2 * int(parts[2])
+        return f"middle_block.{slot}.{_renamed(leaf, kind)}"
+    part, block, kind, index, leaf = parts[0], int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+    if part == "down_blocks":
+        if kind == "downsamplers":
+            return f"input_blocks.{(block + 1) * stride}.0.op.{leaf.removeprefix('conv.')}"
+        return f"input_blocks.{block * stride + index + 1}.{1 if kind == 'attentions' else 0}.{_renamed(leaf, kind)}"
+    if kind == "upsamplers":
+        has_attention = "CrossAttn" in config["up_block_types"][block]
+        return f"output_blocks.{block * stride + stride - 1}.{2 if has_attention else 1}.{leaf}"
+    return f"output_blocks.{block * stride + index}.{1 if kind == 'attentions' else 0}.{_renamed(leaf, kind)}"
+
+
+def _renamed(leaf: str, kind: str) -> str:
+    if kind == "resnets":
+        for new, old in _RESNET_TO_ORIGINAL:
+            leaf = leaf.replace(new, old)
+    return leaf
+
+
+def _original_vae_key(key: str, config: dict) -> str:
+    """The original name of a diffusers VAE weight (the decoder's up blocks are numbered from the lowest resolution
+    in diffusers and from the highest in the original)."""
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    parts = key.split(".")
+    if parts[1] in ("down_blocks", "up_blocks"):
+        block = int(parts[2])
+        if parts[1] == "up_blocks":
+            block = len(config["up_block_types"]) - 1 - block
+        name = "down" if parts[1] == "down_blocks" else "up"
+        if parts[3] in ("downsamplers", "upsamplers"):
+            return f"{parts[0]}.{name}.{block}.{name}sample.{'.'.join(parts[5:])}"
+        return f"{parts[0]}.{name}.{block}.block.{'.'.join(parts[4:])}"
+    if parts[1] == "mid_block":
+        if parts[2] == "resnets":
+            return f"{parts[0]}.mid.block_{int(parts[3]) + 1}.{'.'.join(parts[4:])}"
+        leaf = ".".join(parts[4:])
+        for new, old in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            leaf = leaf.replace(new, old)
+        return f"{parts[0]}.mid.attn_1.{leaf}"
+    return key
+
+
+def _open_clip(encoder, prefix: str) -> dict:
+    """A transformers CLIP text encoder's weights under OpenCLIP's names (query, key and value stacked)."""
+    state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out = {prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight")}
+    if "text_projection.weight" in state:
+        out[prefix + "text_projection"] = state.pop("text_projection.weight").T.contiguous()
+    for key in [k for k in state if ".q_proj." in k]:
+        stacked = [state.pop(key.replace(".q_proj.", f".{n}_proj.")) for n in "qkv"]
+        kind = key.rsplit(".", 1)[1]
+        out[prefix + key.split(".q_proj.")[0].replace("encoder.layers.", "transformer.resblocks.").replace(
+            "self_attn", "attn") + f".in_proj_{kind}"] = torch.cat(stacked)
+    for key, value in state.items():
+        for new, old in (("encoder.layers.", "transformer.resblocks."), ("layer_norm1", "ln_1"),
+                         ("layer_norm2", "ln_2"), ("fc1", "c_fc"), ("fc2", "c_proj"), ("self_attn", "attn"),
+                         ("final_layer_norm", "ln_final")):
+            key = key.replace(new, old)
+        out[prefix + key] = value
+    return out
+
+
+def save_single_file(sd_folder: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write the Stable Diffusion pipeline in diffusers folder ``sd_folder`` as one ``.safetensors`` file in the
+    original layout (CompVis for SD 1.x/2.x, SGM for SDXL) that diffusers' ``from_single_file`` reads, so the
+    single-file loading path is tested on the test models. diffusers converts only the other way (its library has
+    no diffusers-to-original writer), hence this one; the names follow the layout diffusers reads.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    sd_folder, path = Path(sd_folder), Path(path)
+    unet = UNet2DConditionModel.from_pretrained(sd_folder, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(sd_folder, subfolder="vae")
+    sdxl = unet.config.addition_embed_type == "text_time"
+    out = {"model.diffusion_model." + _original_unet_key(k, unet.config): v for k, v in unet.state_dict().items()}
+    for key, value in vae.state_dict().items():
+        if ".mid_block.attentions." in key and key.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # the original's attention projections are 1 x 1 convolutions
+        out["first_stage_model." + _original_vae_key(key, vae.config)] = value
+    text = CLIPTextModel.from_pretrained(sd_folder, subfolder="text_encoder")
+    if sdxl:
+        clip_l = {"text_model." + k.removeprefix("text_model."): v for k, v in text.state_dict().items()}
+        out.update({"conditioner.embedders.0.transformer." + k: v for k, v in clip_l.items()})
+        text_2 = CLIPTextModelWithProjection.from_pretrained(sd_folder, subfolder="text_encoder_2")
+        out.update(_open_clip(text_2, "conditioner.embedders.1.model."))
+    elif unet.config.use_linear_projection:  # SD 2.x: OpenCLIP
+        out.update(_open_clip(text, "cond_stage_model.model."))
+    else:
+        out.update({"cond_stage_model.transformer.text_model." + k.removeprefix("text_model."): v
+                    for k, v in text.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return path
+
+
 def _new_folder(parent: Path, prefix: str) -> Path:
     """A new, uniquely named folder with the permissions of any folder the user makes (not mkdtemp's 0700)."""
     while True:
@@ -431,7 +549,7 @@ def _new_folder(parent: Path, prefix: str) -> Path:
             continue
 
 
-def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 0) -> Path:
+def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 0, single_file: bool = False) -> Path:
     """Build random-weight models into ``folder/sd``, ``folder/dinov2``, ``folder/depth`` and a LoRA for the
     UNet into ``folder/lora``.
 
@@ -439,13 +557,15 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
     projections) and ``"tiny-sdxl"`` (two text encoders, pooled embedding and size ids, stacked transformer
     layers) the same for the other families. ``"sd15"`` and ``"sdxl"`` give the real UNet and VAE architectures
     (random weights; about 3.5 GB and 10.5 GB; their text encoders have the real widths but 1 or 2 layers, since only
-    the empty prompt is encoded) for benchmarks. Existing folders are not touched:
+    the empty prompt is encoded) for benchmarks. ``single_file``: also write ``folder/sd.safetensors``, the same
+    weights in the original single-file layout (:func:`save_single_file`). Existing folders are not touched:
     the models are written to a temporary folder beside ``folder`` and moved into place.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown test-model architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     folder = Path(folder)
-    for part in PARTS:
+    parts = PARTS + (("sd.safetensors",) if single_file else ())
+    for part in parts:
         if (folder / part).exists():
             raise FileExistsError(f"{folder / part} already exists; choose an empty folder for the test models")
     folder.mkdir(parents=True, exist_ok=True)
@@ -459,7 +579,9 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
         (staging / "sd" / "stylegallery_test_model.json").write_text(
             json.dumps({"arch": arch, "version": TEST_MODEL_VERSION, "seed": seed})
         )
-        for part in PARTS:
+        if single_file:
+            save_single_file(staging / "sd", staging / "sd.safetensors")
+        for part in parts:
             os.replace(staging / part, folder / part)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
