@@ -51,11 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("folder")
     make.add_argument("--arch", choices=ARCHITECTURES, default="tiny",
                       help="tiny: SD 1.x for tests; sd15: the full SD 1.5 architecture; tiny-sd2, tiny-sdxl: the other families")
+    make.add_argument("--single-file", action="store_true",
+                      help="also write DIR/sd.safetensors: the same weights as one file in the original layout")
     return parser
 
 
 def _add_model_options(parser) -> None:
-    parser.add_argument("--model", default=None, help="diffusers folder or Hub id (default: SD 1.5; 'tiny' = test models)")
+    parser.add_argument("--model", default=None, help="diffusers folder, Hub id or single .safetensors/.ckpt file "
+                        "(default: SD 1.5; 'tiny' = test models)")
+    parser.add_argument("--model-config", metavar="DIR|ID", default=None,
+                        help="for a single-file --model: the diffusers folder or Hub id of its base model, for its "
+                        "configs and tokenizers (default: picked by diffusers from the file's weights)")
     parser.add_argument("--semantic-model", default=None, help="DINOv2 folder or Hub id (default facebook/dinov2-base)")
     parser.add_argument("--depth-model", default=None, help="Depth Anything folder or Hub id")
     parser.add_argument("--no-semantic", action="store_true", help="match without DINOv2")
@@ -90,6 +96,7 @@ def _load_pipe(args, device: str | None = None):
 
     pipe = StyleGallery.from_pretrained(
         args.model,
+        config=args.model_config,
         semantic_model=False if args.no_semantic else args.semantic_model,
         depth_model=False if args.no_depth else args.depth_model,
         device=device or args.device,
@@ -227,7 +234,7 @@ def _batch(args, argv: list[str]) -> int:
             pipe.cpu_threads = max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"]))
         return pipe
 
-    model = dict(model=args.model, semantic=None if args.no_semantic else args.semantic_model,
+    model = dict(model=args.model, config=args.model_config, semantic=None if args.no_semantic else args.semantic_model,
                  depth=None if args.no_depth else args.depth_model, lora=args.lora,
                  lora_weight_name=args.lora_weight_name, dtype=args.dtype)
     run = run_batch(jobs, args.output, load_pipe=load, settings=_job_settings(args), model=model,
@@ -267,8 +274,10 @@ def _main(args, argv: list[str]) -> int:
         if args.command == "make-test-model":
             from .testing import make_test_models
 
-            make_test_models(args.folder, args.arch)
-            print(f"wrote test models ({args.arch}) to {args.folder}/sd, {args.folder}/dinov2, {args.folder}/depth, {args.folder}/lora")
+            make_test_models(args.folder, args.arch, single_file=args.single_file)
+            extra = f" and {args.folder}/sd.safetensors (use it with --model-config {args.folder}/sd)" if args.single_file else ""
+            print(f"wrote test models ({args.arch}) to {args.folder}/sd, {args.folder}/dinov2, {args.folder}/depth, "
+                  f"{args.folder}/lora{extra}")
         elif args.command == "batch":
             return _batch(args, argv)
         else:

@@ -22,12 +22,15 @@ import torch
 from .errors import StyleGalleryError
 
 FAMILIES = ("sd1", "sd2", "sdxl")
-SUPPORTED = "Stable Diffusion 1.x, 2.x and XL (UNet models in diffusers format)"
+SUPPORTED = "Stable Diffusion 1.x, 2.x and XL (text-to-image UNet models, as diffusers folders or single files)"
 DEFAULT_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024}
 
 
 def family_of(unet_config: dict) -> str:
     """``"sdxl"``, ``"sd2"`` or ``"sd1"`` from a UNet config (see the module's table)."""
+    if unet_config.get("in_channels", 4) != 4:
+        raise StyleGalleryError(f"a UNet with {unet_config['in_channels']} input channels (an inpainting or "
+                                f"image-conditioned model) is not a family StyleGallery supports ({SUPPORTED})")
     if unet_config.get("addition_embed_type") == "text_time":
         return "sdxl"
     if unet_config.get("addition_embed_type") not in (None, ""):

@@ -6,17 +6,20 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import StyleGalleryError
-from .families import added_conditions, check_pipeline_folder, family_of
+from .families import SUPPORTED, added_conditions, check_pipeline_folder, family_of
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_SEMANTIC_MODEL = "facebook/dinov2-base"
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 TEST_MODEL_NAMES = ("tiny", "sd15", "tiny-sd2", "tiny-sdxl", "sdxl")  # the random-weight architectures of testing.py
@@ -97,7 +100,7 @@ def _load(kind: str, name: str, loader):
                 raise ModelUnavailable(f"cannot load the {kind} model {name!r}: no local copy, and the Hugging Face "
                                        "Hub did not answer within 3 s (no network?)")
             return loader(name, False)
-    except ModelUnavailable:
+    except StyleGalleryError:
         raise
     except errors as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -132,29 +135,114 @@ def fingerprint(*modules, name: str = "") -> str:
     return digest.hexdigest()[:16]
 
 
-def load_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
-    """Load UNet, VAE, DDIM scheduler and the empty-prompt embedding from a Hub id or diffusers folder of any
-    supported family (:mod:`stylegallery.families`; picked from the UNet's config)."""
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def is_single_file(name: str) -> bool:
+    """Whether ``name`` names a single-file checkpoint (``.safetensors`` or ``.ckpt``) rather than a folder or Hub id."""
+    return Path(name).suffix.lower() in SINGLE_FILE_SUFFIXES
+
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    """The weight names of a single-file checkpoint, read without unpickling code (safetensors, or a ``.ckpt``
+    through ``torch.load(weights_only=True)``)."""
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:
+                return list(handle.keys())
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        while isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        return list(state) if isinstance(state, dict) else []
+    except pickle.UnpicklingError:
+        raise ModelUnavailable(f"cannot read the checkpoint {path} safely: torch.load(weights_only=True) refused "
+                               "it (corrupt, or it holds objects whose unpickling could run code); convert it to "
+                               ".safetensors where you trust it") from None
+    except Exception as exc:  # safetensors, zip and unpickler errors have no common type
+        raise ModelUnavailable(f"cannot read the checkpoint {path}: {_first_line(exc)} (is it a complete "
+                               ".safetensors or .ckpt file?)") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _single_file_pipeline(path: Path):
+    """The diffusers pipeline class that reads ``path``: SDXL for the SGM layout, SD for the CompVis one."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    keys = _checkpoint_keys(path)
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return StableDiffusionXLPipeline
+    if any(k.startswith("conditioner.") for k in keys):
+        raise StyleGalleryError(f"{path} is an SDXL refiner (one text encoder): StyleGallery supports {SUPPORTED}")
+    if any(k.startswith("model.diffusion_model.input_blocks.") for k in keys):
+        return StableDiffusionPipeline
+    raise StyleGalleryError(f"{path} is not a Stable Diffusion UNet checkpoint in the original single-file layout "
+                            f"(no model.diffusion_model.input_blocks weights; a DiT such as SD3 or FLUX?): "
+                            f"StyleGallery supports {SUPPORTED}")
+
+
+def load_backbone(name: str, device: torch.device, dtype: torch.dtype, config: str | None = None) -> Backbone:
+    """Load UNet, VAE, DDIM scheduler and the empty-prompt embedding from a Hub id, a diffusers folder or a
+    single-file checkpoint (``.safetensors``/``.ckpt`` in the original layout, read by diffusers'
+    ``from_single_file``) of any supported family (:mod:`stylegallery.families`; picked from the UNet's config).
+
+    ``config``: for a single file, the diffusers folder or Hub id whose configs, tokenizers and scheduler go
+    with it; by default diffusers picks the base model (SD 1.5, 2.1 768-v or SDXL base) from the file's weights.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    if Path(name).is_dir():
-        check_pipeline_folder(Path(name))
+    single = is_single_file(name)
+    if config is not None and not single:
+        raise StyleGalleryError(f"a model config ({config}) goes with a single-file checkpoint (.safetensors or "
+                                f".ckpt), not with {name}, whose folder has its own configs")
+    if single:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelUnavailable(f"checkpoint file not found: {name}")
+        pipeline_class = _single_file_pipeline(path)
 
-    def loader(path, local_only):
-        kw = dict(local_files_only=local_only)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **kw)
-        family = family_of(dict(unet.config))
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **kw)
-        scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
-        encoders = [(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
-                     CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw))]
-        if family == "sdxl":
-            encoders.append((CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **kw),
-                             CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)))
-        return unet, vae, scheduler, encoders, family
+        def loader(config_source, local_only):
+            try:
+                pipe = pipeline_class.from_single_file(str(path), config=config_source, torch_dtype=dtype,
+                                                       local_files_only=local_only)
+            except (KeyError, RuntimeError) as exc:  # a weight missing or of another shape than the configs say
+                raise StyleGalleryError(f"the checkpoint {path} does not fit the configs of "
+                                        f"{config_source or 'the base model diffusers picked'} ({type(exc).__name__}: "
+                                        f"{_first_line(exc)}): give the config of its own family and size") from None
+            # the text encoders in float32, as from a folder: the empty prompt is encoded once
+            encoders = [(pipe.tokenizer, pipe.text_encoder.float())]
+            if getattr(pipe, "text_encoder_2", None) is not None:
+                encoders.append((pipe.tokenizer_2, pipe.text_encoder_2.float()))
+            return pipe.unet, pipe.vae, DDIMScheduler.from_config(pipe.scheduler.config), encoders
 
-    unet, vae, scheduler, encoders, family = _load("diffusion", name, loader)
+        if config is None:  # diffusers picks the base model's configs: from the Hub cache, else the Hub
+            base = SDXL_BASE_MODEL if pipeline_class.__name__.startswith("StableDiffusionXL") else DEFAULT_MODEL
+            unet, vae, scheduler, encoders = _load_single_file(path, loader, base)
+        else:
+            unet, vae, scheduler, encoders = _load("base", config, loader)
+    else:
+        if Path(name).is_dir():
+            check_pipeline_folder(Path(name))
+
+        def loader(path, local_only):
+            kw = dict(local_files_only=local_only)
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **kw)
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **kw)
+            scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
+            encoders = [(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
+                         CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw))]
+            if family_of(dict(unet.config)) == "sdxl":
+                encoders.append((CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **kw),
+                                 CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)))
+            return unet, vae, scheduler, encoders
+
+        unet, vae, scheduler, encoders = _load("diffusion", name, loader)
+    family = family_of(dict(unet.config))
     pooled = None
     with torch.no_grad():
         states = []
@@ -170,6 +258,26 @@ def load_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backbo
     vae.requires_grad_(False).eval().to(device)
     return Backbone(unet, vae, scheduler, embedding.to(device, dtype), name, fingerprint(unet, vae, name=name), family,
                     None if pooled is None else pooled.to(device, dtype))
+
+
+def _load_single_file(path: Path, loader, base: str):
+    """``loader(None, local_only)`` for a single file whose configs diffusers looks up: the Hub cache first, the
+    Hub only if it answers; errors say how to give the configs instead (``base``: an example)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    hint = f"pass config= (--model-config) the diffusers folder or Hub id of its base model, e.g. {base}"
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # not its 'attempting to download' when the Hub is out of reach
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return loader(None, hub_is_offline() or not hub_reachable())
+    except StyleGalleryError:
+        raise
+    except Exception as exc:  # diffusers' single-file loader raises many unrelated types
+        raise ModelUnavailable(f"cannot load the checkpoint {path}: {_first_line(exc)}; {hint}") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def load_semantic(name: str, device: torch.device):

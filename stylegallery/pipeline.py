@@ -175,6 +175,7 @@ class StyleGallery:
         cls,
         model: str | None = None,
         *,
+        config: str | None = None,
         semantic_model: str | None | bool = None,
         depth_model: str | None | bool = None,
         device: str = "auto",
@@ -183,8 +184,8 @@ class StyleGallery:
         lora: str | None = None,
         lora_weight_name: str | None = None,
     ) -> "StyleGallery":
-        """Load the backbone (Hub id or diffusers folder; ``tiny``, ``sd15``, ``tiny-sd2``, ``tiny-sdxl``, ``sdxl`` =
-        random-weight test models).
+        """Load the backbone (Hub id, diffusers folder, or single-file ``.safetensors``/``.ckpt`` checkpoint;
+        ``tiny``, ``sd15``, ``tiny-sd2``, ``tiny-sdxl``, ``sdxl`` = random-weight test models).
 
         ``None`` means the default model. Only the default falls back, with a warning, to the tiny test models
         when it cannot be loaded (no network and no local copy); a model you name never falls back.
@@ -192,6 +193,8 @@ class StyleGallery:
         or for a ``make-test-model`` folder (``DIR/sd``) its random ones. The family (SD 1.x, 2.x, XL) is read
         from the model's configs (:mod:`stylegallery.families`); other architectures are refused.
         ``lora``: a LoRA (Hub id, folder or file) for stylize, see :meth:`load_lora_weights`.
+        ``config``: for a single-file model, the diffusers folder or Hub id with its configs, tokenizers and
+        scheduler (by default diffusers picks the base model from the file's weights), see :meth:`from_single_file`.
         """
         device = resolve_device(device)
         dtype = resolve_dtype(torch_dtype, device)
@@ -210,12 +213,13 @@ class StyleGallery:
                 )
                 test_folder = test_model_folder("tiny")
         else:
-            backbone = load_backbone(model, device, dtype)
+            backbone = load_backbone(model, device, dtype, config=config)
         if test_folder is not None:
             backbone = load_backbone(str(test_folder / "sd"), device, dtype)
             backbone.name = model or "tiny"
-        made = model is not None and (Path(model) / "stylegallery_test_model.json").is_file()
-        siblings = Path(model).parent if made else test_folder  # a make-test-model folder: its own DINOv2 and depth
+        folder = config if config is not None else model
+        made = folder is not None and (Path(folder) / "stylegallery_test_model.json").is_file()
+        siblings = Path(folder).parent if made else test_folder  # a make-test-model folder: its own DINOv2 and depth
         defaults = {"semantic": DEFAULT_SEMANTIC_MODEL, "depth": DEFAULT_DEPTH_MODEL}
         extras = {}
         for kind, name, loader in (("semantic", semantic_model, load_semantic), ("depth", depth_model, load_depth)):
@@ -233,6 +237,22 @@ class StyleGallery:
         if lora is not None:
             pipe.load_lora_weights(lora, weight_name=lora_weight_name)
         return pipe
+
+    @classmethod
+    def from_single_file(cls, path: str, *, config: str | None = None, **kwargs) -> "StyleGallery":
+        """Load a single-file checkpoint (``.safetensors``, or ``.ckpt`` read with ``weights_only``) in the original
+        Stable Diffusion layout, e.g. a fine-tune shared as one file, through diffusers' ``from_single_file``.
+
+        ``config``: a diffusers folder or Hub id of the model it was fine-tuned from (its configs, tokenizers and
+        scheduler); needed offline, and for an SD 2.x base (epsilon, 512 px) model, since diffusers otherwise
+        picks SD 1.5, SD 2.1 (768-v) or SDXL base from the weights. Other keywords as in :meth:`from_pretrained`.
+        """
+        from .models import is_single_file
+
+        if not is_single_file(str(path)):
+            raise StyleGalleryError(f"{path} is not a .safetensors or .ckpt file; load folders and Hub ids with "
+                                    "from_pretrained")
+        return cls.from_pretrained(str(path), config=config, **kwargs)
 
     # ------------------------------------------------------------------ fast mode
     def load_lora_weights(self, source: str, *, weight_name: str | None = None) -> "StyleGallery":
