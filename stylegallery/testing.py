@@ -592,7 +592,8 @@ def cached_test_models(arch: str = "tiny") -> Path:
     """Folder with the test models of ``arch``, built once into the user cache and reused afterwards.
 
     The cache folder is ``$STYLEGALLERY_CACHE`` (default ``~/.cache/stylegallery``)``/test-models``. A copy
-    built by another version of this module, or left incomplete, is rebuilt.
+    built by another version of this module, or left incomplete, is rebuilt, and the copies of older versions
+    (``sd15`` and ``sdxl`` take gigabytes) are removed.
     """
     root = Path(os.environ.get("STYLEGALLERY_CACHE", Path.home() / ".cache" / "stylegallery")) / "test-models"
     target = root / f"{arch}-v{TEST_MODEL_VERSION}"
@@ -614,4 +615,7 @@ def cached_test_models(arch: str = "tiny") -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for old in root.glob(f"{arch}-v*"):
+        if old != target and old.name.removeprefix(f"{arch}-v").isdigit():
+            shutil.rmtree(old, ignore_errors=True)
     return target

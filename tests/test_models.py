@@ -67,3 +67,21 @@ def test_recorder_keeps_what_is_asked_and_stops_after_the_last_loss_layer(pipe):
             torch.testing.assert_close(early[layer][name], full[layer][name])
         q, k, v = (full[layer][n] for n in ("q", "k", "v"))
         torch.testing.assert_close(full[layer]["o"], torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v)
+
+
+def test_the_test_model_cache_rebuilds_a_stale_copy_and_drops_old_versions(tmp_path, monkeypatch):
+    from stylegallery.testing import TEST_MODEL_VERSION, cached_test_models
+
+    monkeypatch.setenv("STYLEGALLERY_CACHE", str(tmp_path))
+    root = tmp_path / "test-models"
+    old = root / f"tiny-v{TEST_MODEL_VERSION - 1}"
+    (old / "sd").mkdir(parents=True)
+    other_arch = root / f"tiny-sdxl-v{TEST_MODEL_VERSION - 1}"
+    other_arch.mkdir()
+    stale = root / f"tiny-v{TEST_MODEL_VERSION}"
+    (stale / "sd").mkdir(parents=True)
+    (stale / "sd" / "stylegallery_test_model.json").write_text("{not json")  # a damaged copy: rebuilt, not trusted
+    folder = cached_test_models("tiny")
+    assert folder == stale and (folder / "sd" / "unet").is_dir() and (folder / "lora").is_dir()
+    assert not old.exists() and other_arch.exists()  # only this architecture's old versions go
+    assert sorted(p.name for p in root.iterdir()) == sorted([stale.name, other_arch.name])
