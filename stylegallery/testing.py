@@ -600,6 +600,7 @@ def cached_test_models(arch: str = "tiny") -> Path:
     marker = target / "sd" / "stylegallery_test_model.json"
     try:
         if json.loads(marker.read_text()).get("version") == TEST_MODEL_VERSION and (target / "lora").is_dir():
+            _drop_old_versions(root, arch, target)
             return target
     except (OSError, ValueError):
         pass
@@ -615,7 +616,11 @@ def cached_test_models(arch: str = "tiny") -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for old in root.glob(f"{arch}-v*"):
-        if old != target and old.name.removeprefix(f"{arch}-v").isdigit():
-            shutil.rmtree(old, ignore_errors=True)
+    _drop_old_versions(root, arch, target)
     return target
+
+
+def _drop_old_versions(root: Path, arch: str, current: Path) -> None:
+    for old in root.glob(f"{arch}-v*"):
+        if old != current and old.name.removeprefix(f"{arch}-v").isdigit():
+            shutil.rmtree(old, ignore_errors=True)

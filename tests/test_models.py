@@ -85,3 +85,5 @@ def test_the_test_model_cache_rebuilds_a_stale_copy_and_drops_old_versions(tmp_p
     assert folder == stale and (folder / "sd" / "unet").is_dir() and (folder / "lora").is_dir()
     assert not old.exists() and other_arch.exists()  # only this architecture's old versions go
     assert sorted(p.name for p in root.iterdir()) == sorted([stale.name, other_arch.name])
+    old.mkdir()  # an old copy left behind (e.g. by another install): a cache hit removes it too
+    assert cached_test_models("tiny") == folder and not old.exists()
