@@ -28,7 +28,7 @@ from .images import check_size, fit_to_size, load_image
 from .inversion import aggregate_features, invert, temporal_weights
 from .models import (
     DEFAULT_DEPTH_MODEL, DEFAULT_MODEL, DEFAULT_SEMANTIC_MODEL, TEST_MODEL_NAMES, Backbone, ModelUnavailable, _load,
-    load_backbone, load_depth, load_semantic, resolve_device, resolve_dtype, test_model_folder,
+    is_single_file, load_backbone, load_depth, load_semantic, resolve_device, resolve_dtype, test_model_folder,
 )
 from .metrics import RegionScores, region_scores
 from .preview import DEFAULT_TINY_VAE, PREVIEWS, linear_preview, tiny_vae_preview
@@ -203,7 +203,7 @@ class StyleGallery:
             test_folder = test_model_folder(model)
         elif model is None:
             try:
-                backbone = load_backbone(DEFAULT_MODEL, device, dtype)
+                backbone = load_backbone(DEFAULT_MODEL, device, dtype, config=config)
             except ModelUnavailable as exc:
                 warnings.warn(
                     f"{exc}. Falling back to the tiny random-weight test models: the pictures show the "
@@ -215,7 +215,7 @@ class StyleGallery:
         else:
             backbone = load_backbone(model, device, dtype, config=config)
         if test_folder is not None:
-            backbone = load_backbone(str(test_folder / "sd"), device, dtype)
+            backbone = load_backbone(str(test_folder / "sd"), device, dtype, config=config)
             backbone.name = model or "tiny"
         folder = config if config is not None else model
         made = folder is not None and (Path(folder) / "stylegallery_test_model.json").is_file()
@@ -247,8 +247,6 @@ class StyleGallery:
         scheduler); needed offline, and for an SD 2.x base (epsilon, 512 px) model, since diffusers otherwise
         picks SD 1.5, SD 2.1 (768-v) or SDXL base from the weights. Other keywords as in :meth:`from_pretrained`.
         """
-        from .models import is_single_file
-
         if not is_single_file(str(path)):
             raise StyleGalleryError(f"{path} is not a .safetensors or .ckpt file; load folders and Hub ids with "
                                     "from_pretrained")

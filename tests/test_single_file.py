@@ -123,6 +123,7 @@ def test_bad_single_files_get_clear_errors(tiny_single_file, tmp_path, capsys):
     refused(path, "does not fit the configs of .*tiny-sdxl.*its own family", config=str(other))
     refused(path, "base model folder not found", config=str(tmp_path / "nowhere"))
     refused(folder, "goes with a single-file checkpoint")
+    refused("tiny", "goes with a single-file checkpoint")  # nor with a test model's name
     with pytest.raises(StyleGalleryError, match="from_pretrained"):
         StyleGallery.from_single_file(str(folder), device="cpu")
     # offline, with no config: diffusers would need its base model's configs from the Hub
