@@ -86,6 +86,20 @@ def test_the_test_writer_gives_the_layout_diffusers_reads_for_the_published_conf
     assert set(convert_ldm_unet_checkpoint(original, dict(unet.config))) == set(unet.state_dict())
 
 
+def test_the_test_writer_gives_the_vae_layout_diffusers_reads_for_the_published_config():
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from stylegallery.testing import _original_vae_key
+
+    with torch.device("meta"):  # SD's VAE: 4 levels of 2 resnets (3 in the decoder), 128 to 512 channels
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    original = {"first_stage_model." + _original_vae_key(k, vae.config): v for k, v in vae.state_dict().items()}
+    assert len(original) == len(vae.state_dict())
+    assert set(convert_ldm_vae_checkpoint(original, dict(vae.config))) == set(vae.state_dict())
+
+
 def test_a_ckpt_is_read_with_weights_only(tiny_single_file, tmp_path):
     _, folder, path = tiny_single_file
     torch.save({"state_dict": load_file(path)}, tmp_path / "model.ckpt")
