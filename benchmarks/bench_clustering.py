@@ -39,7 +39,7 @@ def planted_features(grid: int, channels: int, regions: int, seed: int = 0) -> t
 
 
 def measure(args) -> dict:
-    from stylegallery import segmentation as S
+    from stylegallery.stages import segmentation as S
 
     rows = []
     for grid in args.grids:
@@ -48,7 +48,7 @@ def measure(args) -> dict:
         start = time.perf_counter()
         labels, scores, k = S.segment_features(features, latent)
         total = time.perf_counter() - start
-        with S._single_threaded():
+        with S.single_threaded():
             start = time.perf_counter()
             points = S.project_features(features)
             pca = time.perf_counter() - start
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
     args = parser.parse_args(argv)
-    args.threads = None  # the clustering runs single-threaded by design (segmentation._single_threaded)
+    args.threads = None  # the clustering runs single-threaded by design (stages.segmentation.single_threaded)
     run_benchmark(SCRIPT, args, measure, render, "clustering")
 
 

@@ -45,7 +45,7 @@ def _clock(device) -> float:
 
 
 def worker(args) -> dict:
-    from stylegallery.attention import self_attention_names
+    from stylegallery.stages.attention import self_attention_names
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,7 +66,7 @@ def worker(args) -> dict:
     memory = PeakMemory(pipe.device).start()
     for variant, layers in variants.items():
         if layers is not None:  # the recorder must record every layer asked for
-            from stylegallery.attention import install_recorder
+            from stylegallery.stages.attention import install_recorder
 
             pipe.recorder = install_recorder(pipe.unet, layers)
             pipe.default_loss_layers = list(layers)

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CONTENT, STYLES, load_average, machine, write_readme_table  # noqa: E402
@@ -54,7 +53,7 @@ def bench(model: str, size: int, n_refs: int, inversion_steps: int, device: str,
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from stylegallery import StyleGallery
-    from stylegallery import segmentation as S
+    from stylegallery.stages import segmentation as S
 
     row = {"model": model, "size": size, "refs": n_refs, "inversion_steps": inversion_steps}
     pipe, row["load"] = timed(StyleGallery.from_pretrained, model, device=device)
@@ -70,7 +69,7 @@ def bench(model: str, size: int, n_refs: int, inversion_steps: int, device: str,
     same = True
     for i in range(n_refs + 1):
         features, latent = inversion.features[i].numpy(), prepared.latents[i].numpy()
-        with S._single_threaded():
+        with S.single_threaded():
             points, t = timed(S.project_features, features)
             parts["project_features"] += t
             (flat, scores, k), t = timed(S.choose_k, points, 10, None, 10, 5000, 0)

@@ -6,7 +6,7 @@ Three ways to spend one optimization step, on the same model, latent size and la
   latent, one separate no-grad full UNet pass per style latent, a full UNet forward and backward on the
   optimized latent, and the regional style loss as one attention per matched content region over
   region-masked tensors (the optimized latent's own queries, and keys, values zeroed outside the masks:
-  DESIGN.md's "zeroed" way), plus the content loss. Implemented below (:func:`reference_stylize`) on the
+  docs/method.md's "zeroed" way), plus the content loss. Implemented below (:func:`reference_stylize`) on the
   pipeline's UNet and attention recorder; that it computes the paper's loss is checked independently of both by
   ``tests/test_loss_reference.py``.
 * **ours** - ``StyleGallery.stylize`` with its defaults (``region_attention="zeroed"``): a *first* run with the
@@ -32,7 +32,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    CONTENT, ROOT, STYLES, PeakMemory, code_state, fmt_bytes, load_average, load_pipe, machine, median, now, replace_section,
+    CONTENT, STYLES, PeakMemory, code_state, fmt_bytes, load_average, load_pipe, machine, median, now, replace_section,
     run_worker,
 )
 
@@ -92,10 +91,14 @@ def reference_style_loss(out, queries, style_records, layer, content_masks, styl
 
 def reference_stylize(pipe, prepared, inversion, segmentation, matching, *, steps: int, schedule: int = SCHEDULE,
                       lr: float = 0.05, c_ratio: float = 0.26, query_scale: float = 1.5, on_step=None):
-    """The authors' loop, step by step (see module docstring). Returns the history of losses per step.
+    """The authors' loop, step by step (see module docstring): its own loss, run by StyleGallery's optimization loop
+    (:func:`stylegallery.stages.stylize.optimize_latent`: the same starting latent, Adam and records). Returns the
+    history of losses per step and the final latent.
 
-    ``on_step(step, record)`` runs after every step; returning True stops.
+    ``on_step(step)`` runs after every step; returning True stops.
     """
+    from stylegallery.stages.stylize import LossParts, normalized_start, optimize_latent
+
     unet, recorder, embedding = pipe.unet, pipe.recorder, pipe.backbone.embedding
     device, dtype = pipe.device, pipe.dtype
     layers = sorted(pipe.default_loss_layers)
@@ -104,38 +107,34 @@ def reference_stylize(pipe, prepared, inversion, segmentation, matching, *, step
     content = prepared.latents[:1].to(device, dtype)
     styles = [prepared.latents[j + 1 : j + 2].to(device, dtype) for j in range(prepared.n_styles)]
     labels = segmentation.labels
-    z_t = inversion.final_latents[:1].to(device, torch.float32)
-    z = ((z_t - z_t.mean(1, keepdim=True)) / (z_t.std(1, keepdim=True) + 1e-8)).requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=lr)
     masks: dict[int, tuple] = {}
-    history = []
-    for step, t in enumerate(timesteps, 1):
-        with torch.no_grad():
+
+    def loss_at(t):
+        with torch.no_grad():  # every step, full passes on the clean latents: nothing is cached
             content_rec = recorder.run(unet, content, t, embedding, keep=("q",), stop_early=False)
             style_rec = [recorder.run(unet, s, t, embedding, keep=("k", "v"), stop_early=False) for s in styles]
-        rec = recorder.run(unet, z.to(dtype), t, embedding, keep=("q", "o"), stop_early=False)
-        l_content = sum((rec[l]["q"][0].float() - content_rec[l]["q"][0].float()).abs().mean() for l in layers)
-        per_region = 0
-        for layer in layers:
-            tokens = content_rec[layer]["q"].shape[2]
-            if tokens not in masks:
-                masks[tokens] = (region_masks(labels[0], tokens, device, dtype),
-                                 [region_masks(labels[j + 1], tokens, device, dtype) for j in range(len(styles))])
-            per_region = per_region + reference_style_loss(
-                rec[layer]["o"][0], rec[layer]["q"][0], style_rec, layer, *masks[tokens], matching.matches,
-                query_scale)
-        l_style = per_region.sum()
-        loss = l_style + c_ratio * l_content
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss, l_content, l_style = loss.detach(), l_content.detach(), l_style.detach()
-        record = dict(step=step, timestep=t, total=loss.item(), content=l_content.item(), style=l_style.item(),
-                      style_per_region=per_region.detach().tolist())
-        history.append(record)
-        if on_step is not None and on_step(step, record):
-            break
-    return history, z.detach()
+
+        def loss(z):
+            rec = recorder.run(unet, z.to(dtype), t, embedding, keep=("q", "o"), stop_early=False)
+            l_content = sum((rec[l]["q"][0].float() - content_rec[l]["q"][0].float()).abs().mean() for l in layers)
+            per_region = 0
+            for layer in layers:
+                tokens = content_rec[layer]["q"].shape[2]
+                if tokens not in masks:
+                    masks[tokens] = (region_masks(labels[0], tokens, device, dtype),
+                                     [region_masks(labels[j + 1], tokens, device, dtype) for j in range(len(styles))])
+                per_region = per_region + reference_style_loss(
+                    rec[layer]["o"][0], rec[layer]["q"][0], style_rec, layer, *masks[tokens], matching.matches,
+                    query_scale)
+            l_style = per_region.sum()
+            return LossParts(l_style + c_ratio * l_content, l_content, l_style, per_region)
+
+        return loss
+
+    callback = None if on_step is None else (lambda info: on_step(info.step))
+    run = optimize_latent(normalized_start(inversion.final_latents[:1].to(device)), timesteps, loss_at, lr=lr,
+                          callback=callback, progress=False)
+    return run.history, run.latent
 
 
 # ============================================================================================ one masked attention
@@ -252,7 +251,7 @@ def worker(args) -> dict:
         mem = PeakMemory(device).start()
         times, cpu, state = [], [], {"last": now(device), "cpu": time.process_time()}
 
-        def on_step(step, record):
+        def on_step(step):
             times.append(now(device) - state["last"])
             cpu.append(time.process_time() - state["cpu"])
             if step >= steps:
@@ -328,7 +327,7 @@ def check_reference(pipe, folder: Path, log=print) -> dict:
                         feature_precision=torch.float32, callback=lambda info: info.step >= 2, progress=False)
     loss_diff = max(abs(a["total"] - b["total"]) / abs(b["total"]) for a, b in zip(history, ours.history))
     region_diff = max(abs(x - y) / max(abs(y), 1e-12) for a, b in zip(history, ours.history)
-                      for x, y in zip(a["style_per_region"], b["style_per_region"].values()))
+                      for x, y in zip(a["style_per_region"].values(), b["style_per_region"].values()))
     z_diff = float((z_ref.cpu() - ours.latent).abs().max() / ours.latent.abs().max())
     ok = max(loss_diff, region_diff, z_diff) < 1e-3
     log(f"  reference == stylize(zeroed): loss rel. diff {loss_diff:.1e}, per-region {region_diff:.1e}, "
@@ -368,7 +367,7 @@ def check_reference(pipe, folder: Path, log=print) -> dict:
 # ============================================================================================ loss only
 def loss_bench(pipe, stages: dict, size: int, repeats: int, log=print, max_gib: float = 3.0) -> list[dict]:
     """Time targets + style loss + backward (no UNet) for every setting, in this process, on real features."""
-    from stylegallery import style_loss as SL
+    from stylegallery.stages import style_loss as SL
 
     device, dtype = pipe.device, pipe.dtype
     layers = sorted(pipe.default_loss_layers)

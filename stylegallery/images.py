@@ -12,7 +12,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import StyleGalleryError
 
-ImageInput = "str | os.PathLike | Image.Image | np.ndarray"
 MIN_SIDE = 16
 
 
@@ -102,24 +101,24 @@ def fit_to_size(image: Image.Image, size: tuple[int, int], keep_aspect: bool = F
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
-def aspect_size(image: Image.Image, long_side: int) -> tuple[int, int]:
-    """The (height, width) with multiples of 64 closest to the image's aspect, longest side ``long_side``."""
-    w, h = image.size
-    scale = long_side / max(w, h)
-    return tuple(max(64, int(round(side * scale / 64)) * 64) for side in (h, w))
-
-
 def rgb_array(image) -> np.ndarray:
-    """A PIL image, (H, W, 3) or (H, W) array, or (3, H, W) tensor or array as an (H, W, 3) uint8 array."""
+    """An image as an (H, W, 3) uint8 array: a PIL image, a file path, or an (H, W, 3), (H, W, 1), (H, W), (3, H, W)
+    or (1, H, W) array or tensor (uint8, or floats: in 0..1 when their maximum is at most 1, else 0..255)."""
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            return np.asarray(opened.convert("RGB"))
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     array = image.detach().to("cpu").numpy() if hasattr(image, "detach") else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise StyleGalleryError(f"expected an RGB image (H, W, 3) or (3, H, W), got shape {array.shape}")
     if array.dtype != np.uint8:
-        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
+        scale = 255.0 if array.dtype.kind == "f" and array.size and array.max() <= 1.0 else 1.0
+        array = np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
     return array

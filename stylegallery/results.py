@@ -243,11 +243,16 @@ class Stylization(_Stage):
     def image(self) -> Image.Image:
         return Image.fromarray(self.pixels.permute(1, 2, 0).numpy())
 
+    @property
+    def last_step(self) -> int:
+        """The step (over the whole schedule, ``steps * iters``) the optimization ended at; a warm run's history
+        starts later."""
+        return self.history[-1]["step"] if self.history else 0
 
-def to_pixels(decoded: torch.Tensor) -> torch.Tensor:
-    """VAE output in [-1, 1], shape (3, H, W) -> uint8 (3, H, W) on the CPU."""
-    array = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return array.cpu()
+    @property
+    def total_steps(self) -> int:
+        """The steps of the whole schedule, ``steps * iters``."""
+        return self.settings["steps"] * self.settings["iters"]
 
 
 def region_png(labels: torch.Tensor) -> Image.Image:

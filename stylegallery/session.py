@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
 from .errors import StyleGalleryError
-from .pipeline import STAGES, StyleGallery
+from .pipeline import StyleGallery
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
+from .settings import STAGE_SETTINGS, STAGES, Setting
 
 RESULT_TYPES = dict(zip(STAGES, (Prepared, Inversion, Segmentation, Matching, Stylization)))
-_RUNTIME = {"progress", "callback", "init", "start_step", "preview_every", "preview"}  # options of a run, not settings
 
 
 class Session:
@@ -33,10 +32,9 @@ class Session:
         self.set(**settings)
 
     @staticmethod
-    def parameters(stage: str) -> dict[str, inspect.Parameter]:
-        """The settings a stage takes, with their defaults."""
-        params = inspect.signature(getattr(StyleGallery, stage)).parameters
-        return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in _RUNTIME}
+    def parameters(stage: str) -> dict[str, Setting]:
+        """The settings a stage takes (its runtime options, such as ``progress``, aside), with their defaults."""
+        return STAGE_SETTINGS[stage].recorded
 
     def stage_of(self, name: str) -> str:
         """Which stage a setting belongs to."""
@@ -61,16 +59,6 @@ class Session:
             first = stage if first is None or STAGES.index(stage) < STAGES.index(first) else first
         if first is not None:
             self._invalidate(first)
-        return self.stale
-
-    def set_images(self, content=None, styles=None) -> list[str]:
-        """Replace the content image and/or the references; everything is stale then."""
-        if content is not None:
-            self.content = content
-        if styles is not None:
-            self.styles = list(styles)
-        self._invalidate("prepare")
-        self.last_stylization = None
         return self.stale
 
     def use_preset(self, name: str | None) -> list[str]:
@@ -125,6 +113,17 @@ class Session:
             return (self.content, self.styles)
         return tuple(self.results[s] for s in STAGES[: STAGES.index(stage)])
 
+    def pending(self, until: str = "stylize", refine: bool = False) -> list[str]:
+        """The stages :meth:`run` would run: the stale ones up to ``until`` and, with ``refine``, a stylization that
+        stopped early (it resumes where it stopped)."""
+        if until not in STAGES:
+            raise StyleGalleryError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
+        todo = [stage for stage in self.stale if STAGES.index(stage) <= STAGES.index(until)]
+        stopped = self.results["stylize"] is not None and self.results["stylize"].stopped_early
+        if refine and until == "stylize" and stopped and "stylize" not in todo:
+            todo.append("stylize")
+        return todo
+
     def run(self, until: str = "stylize", *, progress: bool = True, callback=None, on_stage=None,
             refine: bool = False, start_step: int | None = None, preview_every: int = 0, preview: str = "linear"):
         """Run the stale stages up to ``until`` and return its result.
@@ -134,14 +133,9 @@ class Session:
         early resumes where it stopped; :attr:`last_run` says which happened. ``callback``, ``preview_every`` and ``preview`` go to stylize;
         ``on_stage(stage, result, seconds)`` is called after each stage that ran.
         """
-        if until not in STAGES:
-            raise StyleGalleryError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
-        for stage in STAGES[: STAGES.index(until) + 1]:
-            resume = stage == "stylize" and refine and self._current(stage) and self.results[stage].stopped_early
-            if self._current(stage) and not resume:
-                continue
+        for stage in self.pending(until, refine):
             kwargs = dict(self.settings[stage])
-            if stage in ("invert", "segment", "stylize"):
+            if "progress" in STAGE_SETTINGS[stage]:
                 kwargs["progress"] = progress
             if stage == "stylize":
                 kwargs.update(callback=callback, preview_every=preview_every, preview=preview)

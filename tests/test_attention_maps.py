@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stylegallery import StyleGalleryError
-from stylegallery.attention_maps import attention_maps
+from stylegallery.stages.attention_maps import attention_maps
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +101,32 @@ def test_impossible_requests_are_clear_errors(pipe, staged, kwargs, message):
 def test_the_plot_marks_the_point_and_outlines_the_region(pipe, staged):
     from stylegallery import plot
 
+    prepared = staged[0]
     maps = pipe.attention_maps(*staged, [(30, 40)])
-    fig = plot.attention_map(staged[0], maps)
-    assert len(fig.axes) == 1 + staged[0].n_styles
-    assert "inside the matched region" in fig._suptitle.get_text()
+    fig = plot.attention_map(prepared, maps)
+    content_axes, *reference_axes = fig.axes
+    assert len(reference_axes) == prepared.n_styles
+    marks = [(line.get_xdata()[0], line.get_ydata()[0]) for line in content_axes.lines if line.get_marker() == "+"]
+    assert marks and set(marks) == {(40, 30)}  # the point (y=30, x=40), drawn at x=40, y=30
+    reference, _region = maps.matches[0]
+    size = tuple(prepared.pixels.shape[-2:])
+    for j, ax in enumerate(reference_axes):
+        green = [c for c in ax.collections if np.allclose(np.asarray(c.get_edgecolor())[:, :3], (0.3, 1.0, 0.3))]
+        if j != reference:
+            assert not green  # only the matched reference has the region outlined
+            continue
+        # the outline runs round the matched style region: its extent is the region's, to half a pixel
+        vertices = np.concatenate([path.vertices for c in green for path in c.get_paths()])
+        inside = np.asarray(maps.inside[0][j], dtype=bool)
+        rows = np.arange(size[0]) * inside.shape[0] // size[0]
+        cols = np.arange(size[1]) * inside.shape[1] // size[1]
+        ys, xs = np.nonzero(inside[rows][:, cols])
+        np.testing.assert_allclose(vertices[:, 0].min(), xs.min() - 0.5, atol=0.5)
+        np.testing.assert_allclose(vertices[:, 0].max(), xs.max() + 0.5, atol=0.5)
+        np.testing.assert_allclose(vertices[:, 1].min(), ys.min() - 0.5, atol=0.5)
+        np.testing.assert_allclose(vertices[:, 1].max(), ys.max() + 0.5, atol=0.5)
+        share = float(maps.maps[0][j].sum())
+        assert ax.get_title().endswith(f"{share:.0%} of the weight")
 
 
 def test_maps_from_a_results_queries(pipe, staged):

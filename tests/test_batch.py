@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylegallery.batch import plan_from_folders, read_plan
-from stylegallery.cli import main
-from stylegallery.gallery import Gallery
+from stylegallery.tools.batch import plan_from_folders, read_plan
+from stylegallery.tools.cli import main
+from stylegallery.tools.gallery import Gallery
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -444,6 +444,18 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     assert f"stopped at step {result['steps']} of {LONG_STEPS}" in explorer.locator(".sg-badge").last.text_content()
     explorer.screenshot(path=str(SCREENSHOTS / f"sg_{front}_stage_explorer.png"))
     explorer_height = explorer.bounding_box()["height"]
+    status = explorer.locator(".widget-html-content").first
+    assert status.text_content().strip() == f"the stylization is partial: stopped at step {result['steps']} of {LONG_STEPS}"
+
+    # Refine last result, enabled after a Stop: a click resumes the stopped run where it stopped, to the end
+    refine = explorer.get_by_role("button", name="Refine last result")
+    assert refine.is_enabled()
+    refine.click()
+    page.wait_for_function(f"() => {badge}.startsWith('done')", timeout=120_000)
+    resumed = _rerun(page, RESULT, "RESULT")
+    assert resumed == {"steps": LONG_STEPS - result["steps"], "stopped_early": False}, (result, resumed)
+    assert status.text_content().strip() == "all stages are up to date"
+    assert "refined from the last result" in explorer.locator(".jupyter-widget-Collapse-open").text_content()
 
     # a log scale reads real numbers at its ticks
     monitor = explorer.locator(".sg-loss-monitor").first
@@ -498,7 +510,7 @@ def test_widgets_render_and_drive_the_kernel(server, page):
 def test_batch_gallery_shows_every_result(chromium, model_dir, tmp_path):
     """A batch's gallery.html, opened from disk: every picture decodes, every job has its result, a hover shows the
     regions, and the page raises no error."""
-    from stylegallery.cli import main
+    from stylegallery.tools.cli import main
     from synthetic import planted_scene
 
     (tmp_path / "contents").mkdir()

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from stylegallery import StyleGallery, StyleGalleryError
-from stylegallery.attention import default_loss_layers, feature_block_index, self_attention_names
-from stylegallery.families import eps_from_v, family_of
+from stylegallery.stages.attention import default_loss_layers, feature_block_index, self_attention_names
+from stylegallery.models.families import family_of
+from stylegallery.stages.inversion import eps_from_v
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,7 @@ def test_the_family_and_layer_roles_come_from_the_published_configs(config, fami
     assert sorted(chosen) == sorted(loss)
     assert feature_block_index(unet) == feature  # the first decoder block whose output is at full latent resolution
     if family == "sd1":
-        assert default_loss_layers(unet) == list(range(10, 16))  # the layers DESIGN.md names
+        assert default_loss_layers(unet) == list(range(10, 16))  # the layers docs/method.md names
 
 
 def test_eps_from_v_inverts_the_v_parameterisation():
@@ -69,7 +70,7 @@ def family_models(request, tmp_path_factory):
 
 
 def test_the_pipeline_and_cli_run_on_the_other_families(family_models, tmp_path, capsys):
-    from stylegallery.cli import main
+    from stylegallery.tools.cli import main
     from synthetic import planted
 
     arch, folder = family_models
@@ -123,7 +124,7 @@ def test_a_saved_result_of_one_family_is_refused_by_another(family_models, pipe,
 
 
 def test_a_diffusion_transformer_is_refused_with_the_supported_families(tmp_path, capsys):
-    from stylegallery.cli import main
+    from stylegallery.tools.cli import main
 
     folder = tmp_path / "flux"
     (folder / "transformer").mkdir(parents=True)

@@ -10,8 +10,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from stylegallery import Session, StyleGallery, StyleGalleryError
-from stylegallery.cli import main
-from stylegallery.models import fingerprint
+from stylegallery.tools.cli import main
+from stylegallery.models.backbone import fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from stylegallery import StyleGalleryError
-from stylegallery.cli import main
+from stylegallery.tools.cli import main
 from stylegallery.images import check_size, load_image
 
 
@@ -212,10 +212,10 @@ def test_cli_bad_files_exit_2(model_dir, images, tmp_path, capsys):
 
 
 def test_console_script_make_test_model(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "stylegallery.cli", "make-test-model", str(tmp_path / "m")],
+    done = subprocess.run([sys.executable, "-m", "stylegallery", "make-test-model", str(tmp_path / "m")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "m" / "sd" / "unet" / "config.json").is_file() and (tmp_path / "m" / "depth").is_dir()
-    again = subprocess.run([sys.executable, "-m", "stylegallery.cli", "make-test-model", str(tmp_path / "m")],
+    again = subprocess.run([sys.executable, "-m", "stylegallery", "make-test-model", str(tmp_path / "m")],
                            capture_output=True, text=True)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1

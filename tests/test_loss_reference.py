@@ -1,4 +1,4 @@
-"""The stylize stage against an independent reference written from DESIGN.md's formulas (stage 4).
+"""The stylize stage against an independent reference written from docs/method.md's formulas (stage 4).
 
 The reference shares no code with ``stylegallery.style_loss`` or ``stylegallery.attention``: its own attention
 processor on its own copy of the UNet, full attention with explicit region masks (the authors' zeroed
@@ -67,7 +67,7 @@ def _mask(labels, region, tokens):
 
 
 def _reference_run(unet, store, embedding, scheduler, content_latent, style_latents, z_t, labels, matches, mode):
-    """DESIGN.md stage 4, step by step: returns [(style loss in the regions, content loss)] and the latent."""
+    """docs/method.md stage 4, step by step: returns [(style loss in the regions, content loss)] and the latent."""
     scheduler.set_timesteps(STEPS)
     z = ((z_t - z_t.mean(1, keepdim=True)) / (z_t.std(1, keepdim=True) + 1e-8)).requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=LR)

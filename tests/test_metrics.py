@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from stylegallery import Matching, Prepared, Segmentation, StyleGalleryError, Stylization
 from stylegallery import plot
@@ -71,9 +70,9 @@ def test_sliced_wasserstein_is_zero_to_itself_symmetric_and_deterministic():
     assert sliced_wasserstein(a, np.concatenate([a, a])) == pytest.approx(0.0, abs=1e-9)  # same distribution
     # a translation by t: every projection shifts by d.t, so SW2 = sqrt(mean (d.t)^2) over the directions
     t = np.array([3.0, -4.0, 12.0])
-    from stylegallery.metrics import _directions
+    from stylegallery.metrics import projection_directions
 
-    expected = math.sqrt(np.mean((_directions(3, 64, 0) @ t) ** 2))
+    expected = math.sqrt(np.mean((projection_directions(3, 64, 0) @ t) ** 2))
     assert sliced_wasserstein(a, a + t) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(StyleGalleryError, match="non-empty"):
         sliced_wasserstein(a, np.zeros((0, 3)))
@@ -153,7 +152,7 @@ def test_real_tiny_run_gives_one_finite_row_per_content_region(pipe, planted_run
 
 
 def test_cli_report_has_region_scores(model_dir, tmp_path, capsys):
-    from stylegallery.cli import main
+    from stylegallery.tools.cli import main
     from synthetic import planted
 
     planted(64, "bands")[0].save(tmp_path / "content.png")
@@ -194,7 +193,7 @@ def test_lpips_offline_without_weights_says_what_to_download(monkeypatch, tmp_pa
 
 
 def test_content_loss_per_region_is_zero_for_the_content_and_averages_to_the_whole(pipe, planted_run):
-    from stylegallery.style_loss import token_labels
+    from stylegallery.stages.style_loss import token_labels
 
     prepared, inversion, _ = planted_run
     segmentation = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from stylegallery import StyleGallery, StyleGalleryError
-from stylegallery.attention import default_loss_layers, feature_block_index, self_attention_names
+from stylegallery.stages.attention import default_loss_layers, feature_block_index, self_attention_names
 
 
 def test_saved_tiny_models_load_through_from_pretrained(pipe, model_dir):
     assert (model_dir / "sd" / "model_index.json").is_file()
     assert pipe.semantic_model is not None and pipe.depth_model is not None
     assert pipe.device == torch.device("cpu") and pipe.dtype == torch.float32
-    # the layer roles of DESIGN.md exist in the tiny UNet as in SD 1.5
+    # the layer roles of docs/method.md exist in the tiny UNet as in SD 1.5
     names = self_attention_names(pipe.unet)
     assert all(names[i].startswith("up_blocks.") for i in default_loss_layers(pipe.unet))
     assert feature_block_index(pipe.unet) == 0
@@ -21,10 +21,10 @@ def test_saved_tiny_models_load_through_from_pretrained(pipe, model_dir):
 def test_sd15_layer_roles_match_design():
     from diffusers import UNet2DConditionModel
 
-    from stylegallery.testing import _unet_config
+    from stylegallery.testing.configs import unet_config
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**_unet_config("sd15"))
+        unet = UNet2DConditionModel(**unet_config("sd15"))
     assert len(self_attention_names(unet)) == 16
     assert default_loss_layers(unet) == [10, 11, 12, 13, 14, 15]
     assert feature_block_index(unet) == 2
@@ -42,13 +42,13 @@ def test_folder_without_a_model_gives_clear_error(tmp_path):
 
 def test_unknown_hub_id_offline_gives_clear_error():
     with pytest.raises(StyleGalleryError, match="cannot load the semantic model"):
-        from stylegallery.models import load_semantic
+        from stylegallery.models.encoders import load_semantic
 
         load_semantic("no-such-org/no-such-model", torch.device("cpu"))
 
 
 def test_impossible_device_is_refused():
-    from stylegallery.models import resolve_device
+    from stylegallery.models.devices import resolve_device
 
     with pytest.raises(StyleGalleryError):
         resolve_device("tpu")

@@ -13,7 +13,7 @@ from matplotlib.patches import Circle, Rectangle
 from PIL import Image
 
 from stylegallery import plot
-from stylegallery.matching import enclosing_circles
+from stylegallery.stages.matching import enclosing_circles
 
 
 @pytest.fixture(scope="module")

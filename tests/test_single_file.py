@@ -55,7 +55,7 @@ def test_a_single_file_loads_the_same_model_as_its_folder(single_file):
 
 
 def test_the_cli_stylizes_with_a_single_file_as_with_its_folder(tmp_path, capsys):
-    from stylegallery.cli import main
+    from stylegallery.tools.cli import main
     from synthetic import planted
 
     assert main(["make-test-model", str(tmp_path / "m"), "--single-file"]) == 0
@@ -78,10 +78,10 @@ def test_the_test_writer_gives_the_layout_diffusers_reads_for_the_published_conf
     without attention, the upsampler without one)."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from stylegallery.testing import _original_unet_key
+    from stylegallery.testing.single_file import original_unet_key
 
     unet = _meta_unet(config)
-    original = {"model.diffusion_model." + _original_unet_key(k, unet.config): v for k, v in unet.state_dict().items()}
+    original = {"model.diffusion_model." + original_unet_key(k, unet.config): v for k, v in unet.state_dict().items()}
     assert len(original) == len(unet.state_dict())
     assert set(convert_ldm_unet_checkpoint(original, dict(unet.config))) == set(unet.state_dict())
 
@@ -90,12 +90,12 @@ def test_the_test_writer_gives_the_vae_layout_diffusers_reads_for_the_published_
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from stylegallery.testing import _original_vae_key
+    from stylegallery.testing.single_file import original_vae_key
 
     with torch.device("meta"):  # SD's VAE: 4 levels of 2 resnets (3 in the decoder), 128 to 512 channels
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    original = {"first_stage_model." + _original_vae_key(k, vae.config): v for k, v in vae.state_dict().items()}
+    original = {"first_stage_model." + original_vae_key(k, vae.config): v for k, v in vae.state_dict().items()}
     assert len(original) == len(vae.state_dict())
     assert set(convert_ldm_vae_checkpoint(original, dict(vae.config))) == set(vae.state_dict())
 
@@ -118,7 +118,7 @@ def test_a_ckpt_is_read_with_weights_only(tiny_single_file, tmp_path):
 
 
 def test_bad_single_files_get_clear_errors(tiny_single_file, tmp_path, capsys):
-    from stylegallery.cli import main
+    from stylegallery.tools.cli import main
 
     _, folder, path = tiny_single_file
     other = cached_test_models("tiny-sdxl") / "sd"

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from stylegallery import Inversion, Matching, Prepared, Segmentation, Stylization, StyleGalleryError
-from stylegallery.inversion import ddim_inversion_step, temporal_weights
+from stylegallery import Inversion, Matching, Prepared, Segmentation, StyleGalleryError
+from stylegallery.stages.inversion import ddim_inversion_step, temporal_weights
 
 
 def _planted_on_grid(labels, grid):
@@ -65,7 +65,7 @@ def test_segmentation_recovers_planted_regions(pipe, planted_run):
 
 def test_segmentation_recovers_planted_regions_across_models_and_scenes(tmp_path_factory):
     """Scenes of 3 to 5 flat or textured regions, 256 px, the paper's defaults (depth on), tiny models of seeds
-    0 to 4: the median adjusted Rand index is at least 0.9 (DESIGN.md stage 2 on test models that keep colour
+    0 to 4: the median adjusted Rand index is at least 0.9 (docs/method.md stage 2 on test models that keep colour
     distances as SD's VAE does)."""
     from synthetic import SEGMENTATION_SCENES, planted
 
@@ -93,7 +93,7 @@ def test_segmentation_recovers_planted_regions_across_models_and_scenes(tmp_path
 def test_merging_links_clusters_in_a_chain():
     """A near B, B near C, A far from C: single linkage on the original clusters' means merges all three
     (merging the closest pair and recomputing the pooled mean would leave C apart)."""
-    from stylegallery.segmentation import merge_close
+    from stylegallery.stages.segmentation import merge_close
 
     labels = np.repeat(np.array([0, 1, 2, 3]), [40, 40, 10, 30])[None].repeat(2, 0)  # (2, 120)
     means = {0: 0.0, 1: 0.8, 2: 1.6, 3: 5.0}  # A-B 0.8, B-C 0.8 < 0.85; A-C 1.6; D far from all
@@ -115,7 +115,7 @@ def test_merging_links_clusters_in_a_chain():
 
 
 def test_depth_splits_a_region_spanning_depth():
-    from stylegallery.segmentation import split_by_depth
+    from stylegallery.stages.segmentation import split_by_depth
 
     labels = np.zeros((16, 16), dtype=np.int64)
     depth = np.tile(np.linspace(0, 1, 16), (16, 1))
@@ -126,7 +126,7 @@ def test_depth_splits_a_region_spanning_depth():
 
 
 def test_small_specks_join_their_neighbours():
-    from stylegallery.segmentation import clean_small
+    from stylegallery.stages.segmentation import clean_small
 
     labels = np.zeros((16, 16), dtype=np.int64)
     labels[:, 8:] = 1
@@ -136,7 +136,7 @@ def test_small_specks_join_their_neighbours():
 
 
 def test_thin_strips_go_to_the_nearest_region():
-    from stylegallery.segmentation import dissolve_thin
+    from stylegallery.stages.segmentation import dissolve_thin
 
     labels = np.zeros((16, 16), dtype=np.int64)
     labels[:, 8:] = 1
@@ -201,7 +201,7 @@ def test_like_matches_like_across_two_references(pipe, planted_run):
 
 
 def test_enclosing_circle_radius_reaches_the_farthest_pixel_centre():
-    from stylegallery.matching import circle_iou, enclosing_circles
+    from stylegallery.stages.matching import circle_iou, enclosing_circles
 
     labels = torch.zeros(8, 8, dtype=torch.long)
     labels[2, 2:5] = 1  # a bar of three pixels: centre (2, 3), farthest pixel centres 1 away
@@ -249,20 +249,20 @@ def test_stages_save_and_load_without_pickle(pipe, planted_run, tmp_path):
 
 
 def test_stages_on_a_cpu_leave_a_core_free_and_restore_torch_threads(pipe, planted_run, monkeypatch):
-    from stylegallery import pipeline
+    from stylegallery import threads as policy
 
-    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert pipeline._spare_core_threads() == 1  # 2 cores: one thread, the other core stays free
+        assert policy.spare_core_threads() == 1  # 2 cores: one thread, the other core stays free
         torch.set_num_threads(1)
-        assert pipeline._spare_core_threads() == 1
-        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+        assert policy.spare_core_threads() == 1
+        monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
         torch.set_num_threads(16)
-        assert pipeline._spare_core_threads() == 15
+        assert policy.spare_core_threads() == 15
         torch.set_num_threads(4)
-        assert pipeline._spare_core_threads() == 4  # a lower setting of the user's stays
+        assert policy.spare_core_threads() == 4  # a lower setting of the user's stays
 
         prepared, inversion, _ = planted_run
         seg = pipe.segment(prepared, inversion, n_clusters=[3, 3, 2], use_depth=False, progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stylegallery import Matching, Prepared, Segmentation, Inversion, StyleGalleryError
-from stylegallery.style_loss import region_plan, region_style_loss, style_targets
+from stylegallery.stages.style_loss import region_plan, region_style_loss, style_targets
 
 
 @pytest.fixture(scope="module")

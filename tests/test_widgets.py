@@ -20,10 +20,10 @@ pytest.importorskip("ipywidgets")
 
 from stylegallery import Session, StyleGallery  # noqa: E402
 from stylegallery.errors import StyleGalleryError  # noqa: E402
-from stylegallery.fast import PRESETS  # noqa: E402
-from stylegallery.pipeline import STAGES  # noqa: E402
+from stylegallery.models.presets import PRESETS  # noqa: E402
+from stylegallery import STAGES  # noqa: E402
 from stylegallery.widgets import AttentionView, Compare, LossMonitor, MatchMatrix, RegionView, StageExplorer  # noqa: E402
-from stylegallery.widgets._common import model_lock  # noqa: E402
+from stylegallery.widgets.shared.runs import model_lock  # noqa: E402
 
 SEGMENT = dict(max_clusters=4, use_depth=False)
 
@@ -490,6 +490,15 @@ def test_stage_explorer_runs_in_a_worker_so_stop_keeps_a_partial_result(pipe, sm
     assert not explorer.buttons["stylize"].disabled and not explorer.controls["stylize"]["steps"].disabled
     assert not explorer.preset.disabled and not explorer.refine_button.disabled  # a stopped run can be resumed
     assert explorer.controls["segment"]["use_depth"].disabled == (pipe.depth_model is None)
+    stopped_at = len(result.history)
+    assert explorer.status.value.endswith(f"partial: stopped at step {stopped_at} of 200")  # not "up to date"
+
+    explorer.refine_button.click()  # resumes the stopped run where it stopped
+    assert explorer.wait(120) == ["stylize"]
+    resumed = session.stylization
+    assert not resumed.stopped_early and resumed.settings["warm"] and resumed.settings["start_step"] == stopped_at
+    assert [h["step"] for h in resumed.history] == list(range(stopped_at + 1, 201))
+    assert "done" in explorer.headers["stylize"].value and explorer.status.value.endswith("all stages are up to date")
     frontend_message(view, {"type": "merge"})  # and go in after it
     assert session.segmentation is view.segmentation and "merged region" in view.status and session.stale == ["match", "stylize"]
 
@@ -559,6 +568,25 @@ def test_the_preset_control_switches_stylize_to_a_fast_lora_and_back(preset_pipe
     assert explorer.preset.value == "lcm" and preset_pipe.lora is not None
     frontend_update(explorer.preset, index=choices.index("paper"))
     assert preset_pipe.lora is None and explorer.messages["stylize"].value == ""
+
+
+def test_a_result_made_under_another_lora_never_shows_done(preset_pipe, small_run):
+    """Another session on the same model loads a LoRA: this explorer's result was made without it, so it is stale (the
+    model it would re-run differs), and Run re-runs it."""
+    prepared, _ = small_run
+    images = [prepared.image(i) for i in range(len(prepared.names))]
+    session = Session(preset_pipe, images[0], images[1:], size=128, inversion_steps=2, steps=2, **SEGMENT)
+    explorer = StageExplorer(session, background=False)
+    explorer.run()
+    assert "done" in explorer.headers["stylize"].value and session.stale == []
+    other = Session(preset_pipe, images[0], images[1:], size=128)
+    other.use_preset("lcm")  # loads the test models' LoRA into the shared model
+    explorer.set(c_ratio=session.value("c_ratio"))  # any refresh of the explorer (this one changes nothing)
+    assert session.stale == ["stylize"] and "stale" in explorer.headers["stylize"].value
+    assert "done" not in explorer.headers["stylize"].value and explorer.status.value.endswith("stale: stylize")
+    assert explorer.run() == ["stylize"] and session.stylization.settings["lora"] is not None
+    assert "done" in explorer.headers["stylize"].value
+    other.use_preset(None)
 
 
 # ---------------------------------------------------------------------------------------------- names

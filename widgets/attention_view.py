@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import math
 import time
 
@@ -12,45 +11,26 @@ import traitlets as t
 from PIL import Image
 
 from stylegallery import plot
-from stylegallery.attention import self_attention_names
-from stylegallery.attention_maps import MAP_MODES
+from stylegallery.analysis.pictures import OUTLINE_GREEN, border, heat_picture
+from stylegallery.stages.attention import self_attention_names
+from stylegallery.stages.attention_maps import MAP_MODES
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Matching, Prepared, Segmentation
 
-from ._common import CSS, StaticReprMixin, SyncGuard, esm, figure_png, labels_array, model_lock, png_bytes
-
-GREEN = np.array([60, 255, 60], dtype=np.uint8)
-
+from .shared.display import CSS, StaticReprMixin, SyncGuard, esm
+from .shared.pictures import data_url, figure_png, labels_array, png_bytes
+from .shared.runs import model_lock
 
 def _heat_picture(reference: np.ndarray, weights: np.ndarray, inside: np.ndarray, top: float) -> np.ndarray:
-    """The reference (H, W, 3 uint8) in grey under the heat map of ``weights`` (its token grid, scaled by ``top``),
-    the matched style region (``inside``, same grid) outlined in green; as in :func:`stylegallery.plot.attention_map`."""
-    from matplotlib import colormaps
-
-    h, w = reference.shape[:2]
+    """The reference under the heat map of ``weights`` (:func:`stylegallery.analysis.pictures.heat_picture`), the
+    matched style region (``inside``, same grid) outlined in green, two pixels wide; as in
+    :func:`stylegallery.plot.attention_map`."""
+    mixed = heat_picture(reference, weights, top)
+    h, w = mixed.shape[:2]
     grid_h, grid_w = weights.shape
-    rows = (np.arange(h) * grid_h // h)[:, None]
-    cols = (np.arange(w) * grid_w // w)[None, :]
-    coloured = colormaps["inferno"](np.clip(weights[rows, cols] / (top or 1.0), 0, 1))[..., :3] * 255
-    grey = reference.astype(np.float64).mean(axis=2, keepdims=True)
-    mixed = np.round(0.3 * grey + 0.7 * coloured).astype(np.uint8)
-    mask = np.asarray(inside, dtype=bool)[rows, cols]
-    if mask.any():
-        edge = mask.copy()
-        edge[1:] &= mask[:-1]
-        edge[:-1] &= mask[1:]
-        edge[:, 1:] &= mask[:, :-1]
-        edge[:, :-1] &= mask[:, 1:]
-        border = mask & ~edge
-        thick = border.copy()  # two pixels wide, inwards, so it reads at small sizes
-        thick[1:] |= border[:-1] & mask[1:]
-        thick[:, 1:] |= border[:, :-1] & mask[:, 1:]
-        mixed[thick] = GREEN
+    mask = np.asarray(inside, dtype=bool)[(np.arange(h) * grid_h // h)[:, None], (np.arange(w) * grid_w // w)[None, :]]
+    mixed[border(mask, width=2)] = OUTLINE_GREEN
     return mixed
-
-
-def _data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def loss_layer_heads(pipe, layer: int) -> int:
@@ -150,7 +130,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
 
     @property
     def maps(self):
-        """The :class:`~stylegallery.attention_maps.AttentionMaps` shown (None before the first point)."""
+        """The :class:`~stylegallery.stages.attention_maps.AttentionMaps` shown (None before the first point)."""
         return self._maps
 
     def _inputs(self):
@@ -319,7 +299,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         out = []
         for j, (weights, inside) in enumerate(zip(maps.maps[0], maps.inside[0])):
             reference = np.asarray(prepared.image(j + 1))
-            out.append(_data_url(png_bytes(Image.fromarray(_heat_picture(reference, weights, inside, top)))))
+            out.append(data_url(png_bytes(Image.fromarray(_heat_picture(reference, weights, inside, top)))))
         return out
 
     def _on_message(self, _widget, content, _buffers) -> None:

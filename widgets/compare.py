@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw
 from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 
-from ._common import CSS, StaticReprMixin, SyncGuard, esm, montage, png_bytes, to_image
+from .shared.display import CSS, StaticReprMixin, SyncGuard, esm
+from .shared.pictures import montage, png_bytes, to_image
 
 
 class Compare(StaticReprMixin, SyncGuard, anywidget.AnyWidget):

@@ -10,107 +10,21 @@ from PIL import Image
 
 from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
-from stylegallery.fast import PRESETS, get_preset
-from stylegallery.pipeline import STAGES
+from stylegallery.models.presets import get_preset
 from stylegallery.session import Session
+from stylegallery.settings import STAGES
 
-from ._common import RUNNING, StaticReprMixin, check_idle, model_lock, montage, overlay, png_bytes, start_thread
+from .shared.display import StaticReprMixin
+from .shared.pictures import montage, overlay, png_bytes
+from .shared.runs import RUNNING, BackgroundRun, check_idle, model_lock
 from .attention_view import AttentionView
 from .compare import Compare
 from .loss_monitor import LossMonitor
 from .match_matrix import MatchMatrix
 from .region_view import RegionView
+from .stage_controls import PAPER, STYLE, TITLES, badge, current_preset, preset_options, stage_controls
 
 MATCH_TABS = ("match matrix", "attention map")
-TITLES = {
-    "prepare": "1 · prepare: read, resize, encode",
-    "invert": "2 · invert: DDIM inversion and features",
-    "segment": "3 · segment: regions by clustering",
-    "match": "4 · match: content regions to style regions",
-    "stylize": "5 · stylize: latent optimization",
-}
-SIZES = [128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 1024]
-BADGE = {
-    "stale": "background:#fff3cd;color:#7a5600;border:1px solid #e0c36b",
-    "done": "background:#e3f4e6;color:#1d6b2c;border:1px solid #9ccfa6",
-    "running": "background:#e3eefc;color:#0d47a1;border:1px solid #90b4e8",
-    "error": "background:#fde2e2;color:#9b1c1c;border:1px solid #e59a9a",
-}
-_STYLE = {"description_width": "initial"}
-PAPER = "paper"  # the preset control's value for the paper's settings without a LoRA
-PRESET_NAMES = {"lcm": "LCM-LoRA", "hyper-sd": "Hyper-SD"}
-
-
-def _badge(kind: str, text: str) -> str:
-    return (f'<span class="sg-badge sg-badge-{kind}" style="display:inline-block;font-size:11px;padding:0 7px;'
-            f'border-radius:8px;margin-left:8px;{BADGE[kind]}">{html.escape(text)}</span>')
-
-
-def _preset_options(session: Session) -> list[tuple[str, str]]:
-    """The preset control's choices: the paper's settings, then every fast preset (steps x iters)."""
-    steps = Session.parameters("stylize")["steps"].default
-    return [(f"paper ({steps} steps)", PAPER)] + [
-        (f"fast: {PRESET_NAMES.get(name, name)} ({p.steps}×{p.iters})", name) for name, p in PRESETS.items()]
-
-
-def _current_preset(session: Session) -> str:
-    """The preset the session's stylize settings come from: the one whose LoRA is loaded, or else the one with
-    the session's scheduler and a LoRA of the user's own."""
-    loaded = session.pipe.lora_preset
-    if loaded in PRESETS and session.value("scheduler") == PRESETS[loaded].scheduler:
-        return loaded
-    if session.pipe.lora is not None:
-        for name, preset in PRESETS.items():
-            if session.value("scheduler") == preset.scheduler:
-                return name
-    return PAPER
-
-
-def _controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
-    """The main settings of every stage as ipywidgets controls, set to the session's current values."""
-    v = session.value
-    size = v("size")
-    size_options = [(f"{s} px", s) for s in SIZES]
-    if size not in SIZES:
-        size_options.insert(0, (f"{size[0]}×{size[1]}" if isinstance(size, (tuple, list)) else f"{size} px", size))
-    depth_available = session.pipe.depth_model is not None
-    semantic_available = session.pipe.semantic_model is not None
-    floats = dict(continuous_update=False, style=_STYLE, readout_format=".3f")
-    return {
-        "prepare": [("size", W.Dropdown(options=size_options, value=size, description="size", style=_STYLE))],
-        "invert": [("inversion_steps", W.IntSlider(value=v("inversion_steps"), min=1, max=max(50, v("inversion_steps")),
-                                                   description="inversion steps", continuous_update=False, style=_STYLE))],
-        "segment": [
-            ("max_clusters", W.IntSlider(value=v("max_clusters"), min=2, max=max(16, v("max_clusters")),
-                                         description="max clusters", continuous_update=False, style=_STYLE)),
-            ("merge_threshold", W.FloatSlider(value=v("merge_threshold"), min=0.0, max=max(3.0, v("merge_threshold")),
-                                              step=0.05, description="merge threshold", **dict(floats, readout_format=".2f"))),
-            ("use_depth", W.Checkbox(value=bool(v("use_depth")) and depth_available, description="use depth",
-                                     disabled=not depth_available, indent=False)),
-        ],
-        "match": [
-            ("statistical_weight", W.FloatSlider(value=v("statistical_weight"), min=0.0, max=2.0, step=0.005,
-                                                 description="statistical", **floats)),
-            ("semantic_weight", W.FloatSlider(value=v("semantic_weight"), min=0.0, max=2.0, step=0.005,
-                                              description="semantic" + ("" if semantic_available else " (no model)"),
-                                              disabled=not semantic_available, **floats)),
-            ("geometric_weight", W.FloatSlider(value=v("geometric_weight"), min=0.0, max=2.0, step=0.005,
-                                               description="geometric", **floats)),
-        ],
-        "stylize": [
-            ("steps", W.IntSlider(value=v("steps"), min=1, max=max(300, v("steps")), description="steps",
-                                  continuous_update=False, style=_STYLE)),
-            ("iters", W.BoundedIntText(value=v("iters"), min=1, max=max(10, v("iters")), description="iters",
-                                       style=_STYLE, layout=W.Layout(width="110px"))),
-            ("lr", W.BoundedFloatText(value=v("lr"), min=1e-4, max=10.0, step=0.01, description="lr", style=_STYLE,
-                                      layout=W.Layout(width="150px"))),
-            ("c_ratio", W.FloatSlider(value=v("c_ratio"), min=0.0, max=2.0, step=0.01, description="c_ratio",
-                                      **dict(floats, readout_format=".2f"))),
-            ("region_attention", W.Dropdown(options=["zeroed", "masked"], value=v("region_attention"),
-                                            description="region attention", style=_STYLE)),
-        ],
-    }
-
 
 class StageExplorer(StaticReprMixin, W.VBox):
     """Step through StyleGallery stage by stage: one fold per stage (the running or first stale one open) with
@@ -145,7 +59,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.session = session
         self.preview_every, self.preview = preview_every, preview
         self.background = background
-        self._thread = None
+        self._worker = BackgroundRun("stylegallery-explorer")
         self._disabled_before: dict[str, bool] = {}
         self.last_error: BaseException | None = None
         self.ran: list[str] = []  # stages run by the last Run
@@ -168,11 +82,11 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.pictures: dict[str, W.Box] = {}
         self.refine_button = W.Button(description="Refine last result", icon="repeat", layout=W.Layout(width="160px"))
         self.refine_button.on_click(lambda _b: self.run("stylize", refine=True))
-        self.preset = W.Dropdown(options=_preset_options(session), value=_current_preset(session),
-                                 description="preset", style=_STYLE, layout=W.Layout(width="250px"))
+        self.preset = W.Dropdown(options=preset_options(session), value=current_preset(session),
+                                 description="preset", style=STYLE, layout=W.Layout(width="250px"))
         self.preset.observe(lambda change: self._preset_chosen(change["new"]), names="value")
         panels = []
-        for stage, controls in _controls(session).items():
+        for stage, controls in stage_controls(session).items():
             self.controls[stage] = dict(controls)
             for name, widget in controls:
                 widget.observe(lambda change, name=name: self._setting_changed(name, change["new"]), names="value")
@@ -269,7 +183,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 lock.release()
         self._quiet = True
         try:
-            self.preset.value = _current_preset(self.session)
+            self.preset.value = current_preset(self.session)
             for name, widget in self.controls["stylize"].items():
                 widget.value = self.session.value(name)  # the session has it already: nothing changes there
         finally:
@@ -281,27 +195,28 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._refresh()
         self._refresh_attention()
 
-    def _state(self, stage: str) -> tuple[str, str]:
-        """A stage's badge kind and text."""
+    def _state(self, stage: str, stale: list[str]) -> tuple[str, str]:
+        """A stage's badge kind and text (``stale``: the session's stale stages)."""
         result = self.session.results[stage]
         if self._running == stage:
             return "running", "running…"
         if stage in self._errors:
             return "error", "error"
-        if result is None:
+        if stage in stale:
             return "stale", "stale"
         text = "done"
         if stage == "stylize" and result.stopped_early:
-            text = f"stopped at step {_last_step(result)} of {result.settings['steps'] * result.settings['iters']}"
+            text = f"stopped at step {result.last_step} of {result.total_steps}"
         seconds = self.session.timings.get(stage)
         return "done", text + (f" · {seconds:.1f} s" if seconds is not None else "")
 
     def _refresh(self) -> None:
         """Titles, badges, messages and the pictures of every finished stage whose result changed."""
         session = self.session
+        stale = session.stale
         for i, stage in enumerate(STAGES):
-            kind, text = self._state(stage)
-            self.headers[stage].value = _badge(kind, text)
+            kind, text = self._state(stage, stale)
+            self.headers[stage].value = badge(kind, text)
             if self.folds.get_title(i) != f"{TITLES[stage]} · {text}":
                 self.folds.set_title(i, f"{TITLES[stage]} · {text}")
             error = self._errors.get(stage)
@@ -316,10 +231,9 @@ class StageExplorer(StaticReprMixin, W.VBox):
             if self._running != stage and stage not in self._errors:
                 bar = self.progress[stage]
                 stopped = stage == "stylize" and result is not None and result.stopped_early
-                bar.value = (_last_step(result) if stopped else bar.max) if result is not None else 0
+                bar.value = (result.last_step if stopped else bar.max) if result is not None else 0
                 bar.bar_style = ("warning" if stopped else "success") if result is not None else ""
-        stale = session.stale
-        self.status.value = (f"&nbsp;stale: {', '.join(stale)}" if stale else "&nbsp;all stages are up to date")
+        self.status.value = "&nbsp;" + _summary(session, stale)
         self._refine_state()
 
     def _note(self, stage: str) -> str:
@@ -362,21 +276,19 @@ class StageExplorer(StaticReprMixin, W.VBox):
             return []
         background = self.background if background is None else background
         self._lock(True)
-        RUNNING.add(self.session)
-        if background:
-            self._thread = start_thread(lambda: self._run(until, refine), "stylegallery-explorer")
-            return []
-        return self._run(until, refine)
+        self.ran = []
+        self._worker.start(lambda: self._run_stages(until, refine), self.session.pipe, session=self.session,
+                           background=background, waiting=self._waiting, finished=self._finished)
+        return [] if background else self.ran
 
     @property
     def busy(self) -> bool:
         """True while stages run in the background."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.busy
 
     def wait(self, timeout: float | None = None) -> list[str]:
         """Wait for a background run to finish (at most ``timeout`` seconds); returns the stages it ran."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._worker.wait(timeout)
         return self.ran
 
     def _lock(self, locked: bool) -> None:
@@ -396,32 +308,26 @@ class StageExplorer(StaticReprMixin, W.VBox):
         else:
             self._refine_state()
 
-    def _run(self, until: str, refine: bool) -> list[str]:
-        """Run the stages holding the model's lock; any failure shows in the explorer, never only in a log."""
-        lock = model_lock(self.session.pipe)
+    def _waiting(self) -> None:
+        self.status.value = "&nbsp;waiting for another run on this model…"
+
+    def _finished(self) -> None:
+        """After a run, in its thread, the model released: the controls come back, the attention view follows, and a
+        failure outside a stage (e.g. drawing its pictures) shows in the explorer, never only in a log."""
         try:
-            if not lock.acquire(blocking=False):
-                self.status.value = "&nbsp;waiting for another run on this model…"
-                lock.acquire()
-            try:
-                return self._run_stages(until, refine)
-            finally:
-                lock.release()
-                self._refresh_attention()
-        except Exception as exc:  # outside a stage (e.g. drawing its pictures); kept as last_error
-            self.last_error = exc
+            self._refresh_attention()
+        except Exception as exc:  # noqa: BLE001 - shown below like any other failure of the run
+            self._worker.error = self._worker.error or exc
+        error = self._worker.error
+        if error is not None:
+            self.last_error = error
             self._running = None
-            error = html.escape(f"{type(exc).__name__}: {exc}")
-            self.status.value = f'&nbsp;<span style="color:#b71c1c">⚠ {error}</span>'
-            return self.ran
-        finally:
-            RUNNING.discard(self.session)
-            self._lock(False)
+            self.status.value = f'&nbsp;<span style="color:#b71c1c">⚠ {html.escape(f"{type(error).__name__}: {error}")}</span>'
+        self._lock(False)
 
     def _run_stages(self, until: str, refine: bool) -> list[str]:
         session = self.session
-        todo = [s for s in STAGES[: STAGES.index(until) + 1] if session.results[s] is None]
-        self.ran = []
+        todo = session.pending(until, refine)
         for stage in todo:
             self._errors.pop(stage, None)
         for stage in todo:
@@ -550,11 +456,6 @@ class StageExplorer(StaticReprMixin, W.VBox):
         return png_bytes(canvas, max_side=1200)
 
 
-def _last_step(stylization) -> int:
-    """The global step a stylization ended at (a warm run's history starts later)."""
-    return stylization.history[-1]["step"] if stylization.history else 0
-
-
 def _figure(image: Image.Image, caption: str, height: int = 160) -> W.VBox:
     width = max(1, round(image.width * height / image.height))
     picture = W.Image(value=png_bytes(image.resize((width, height), Image.Resampling.LANCZOS)), format="png",
@@ -577,3 +478,12 @@ def _text_picture(text: str) -> Image.Image:
     ImageDraw.Draw(image).text((6, 8), text, fill=(40, 40, 40))
     return image
 
+
+def _summary(session: Session, stale: list[str]) -> str:
+    """The explorer's status line: what is stale, or that everything is done (a stopped result says so)."""
+    if stale:
+        return f"stale: {', '.join(stale)}"
+    result = session.stylization
+    if result is not None and result.stopped_early:
+        return f"the stylization is partial: stopped at step {result.last_step} of {result.total_steps}"
+    return "all stages are up to date"

@@ -12,7 +12,9 @@ from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Stylization
 
-from ._common import CSS, StaticReprMixin, SyncGuard, esm, figure_png, model_lock, png_bytes, start_thread
+from .shared.display import CSS, StaticReprMixin, SyncGuard, esm
+from .shared.pictures import figure_png, png_bytes
+from .shared.runs import BackgroundRun
 
 
 class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
@@ -62,9 +64,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         self._preview = None  # (picture, step, loss) of the latest preview not yet sent to the view
         self._last_sent = 0.0
         self._started = 0.0
-        self._thread: threading.Thread | None = None
-        self.result = None  # what the last run started by run() returned
-        self.error: BaseException | None = None  # or raised
+        self._run = BackgroundRun("stylegallery-loss-monitor")
         self._reset()
         if history is not None:
             self.show(history)
@@ -86,35 +86,40 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             raise StyleGalleryError("this monitor is watching a run already: wait() for it or stop it first")
         function, pipe = (source.run, source.pipe) if isinstance(source, Session) else (source.stylize, source)
         kwargs.update(callback=self.callback, preview_every=preview_every, preview=preview)
-        self.result, self.error = None, None
         self.start()
 
-        def work():
-            try:
-                with model_lock(pipe):
-                    self.result = function(*args, **kwargs)
-                if isinstance(self.result, Stylization):
-                    self._show_image(self.result)
-            except Exception as exc:  # shown in the view; wait() raises it
-                self.error = exc
+        def finished():
+            if isinstance(self._run.result, Stylization):
+                self._show_image(self._run.result)
+            elif self._run.error is not None:  # shown in the view; wait() raises it
                 self.running = False
-                self.status = f"⚠ {type(exc).__name__}: {exc}"
+                self.status = f"⚠ {type(self._run.error).__name__}: {self._run.error}"
 
-        self._thread = start_thread(work, "stylegallery-loss-monitor")
+        self._run.start(lambda: function(*args, **kwargs), pipe, finished=finished)
 
     @property
     def busy(self) -> bool:
         """True while a run started by :meth:`run` goes on."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._run.busy
+
+    @property
+    def result(self):
+        """What the last run started by :meth:`run` returned."""
+        return self._run.result
+
+    @property
+    def error(self) -> BaseException | None:
+        """What the last run started by :meth:`run` raised."""
+        return self._run.error
 
     def wait(self, timeout: float | None = None):
         """Wait for the run started by :meth:`run` (at most ``timeout`` seconds); returns its result or raises its
         error (None while it still runs)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self.error is not None and not self.busy:
+        if not self._run.wait(timeout):
+            return None
+        if self.error is not None:
             raise self.error
-        return None if self.busy else self.result
+        return self.result
 
     # ------------------------------------------------------------------ the callback
     def _reset(self, total_steps: int = 0) -> None:
@@ -246,7 +251,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
                 b["regions"].setdefault(str(region), []).append(float(value))
         self._flush(b["steps"][-1] if b["steps"] else 0)
         if stylization is not None:
-            self.total_steps = int(stylization.settings.get("steps", len(records)) * stylization.settings.get("iters", 1))
+            self.total_steps = stylization.total_steps
             self._show_image(stylization)
         self.running = False
         stopped = stylization is not None and stylization.stopped_early
@@ -254,7 +259,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
 
     def _show_image(self, stylization: Stylization) -> None:
         """The result's VAE-decoded image in place of the live preview."""
-        step = stylization.history[-1]["step"] if stylization.history else 0
+        step = stylization.last_step
         with self.hold_sync():
             self.preview_png = png_bytes(stylization.image, self.preview_size)
             self.preview_step = step

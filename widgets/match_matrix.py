@@ -11,7 +11,9 @@ from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Matching
 
-from ._common import CSS, EditHooks, StaticReprMixin, SyncGuard, check_idle, esm, figure_png
+from .shared.display import CSS, EditHooks, StaticReprMixin, SyncGuard, esm
+from .shared.pictures import figure_png
+from .shared.runs import check_idle
 
 PARTS = ("statistical", "semantic", "geometric")
 WEIGHT_NAMES = {"statistical": "statistical_weight", "semantic": "semantic_weight", "geometric": "geometric_weight"}

@@ -12,8 +12,9 @@ from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Prepared, Segmentation
 
-from ._common import (CSS, EditHooks, StaticReprMixin, SyncGuard, check_idle, esm, figure_png, labels_array, model_lock,
-                      overlay, png_bytes, to_image)
+from .shared.display import CSS, EditHooks, StaticReprMixin, SyncGuard, esm
+from .shared.pictures import figure_png, labels_array, overlay, png_bytes, to_image
+from .shared.runs import check_idle, model_lock
 
 # per session and image: the silhouette curve of the last automatic choice of k, kept to be shown once k is forced
 _CURVES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -105,7 +105,7 @@ def default_loss_layers(unet) -> list[int]:
     """Indices (call order) of the decoder self-attention layers at the two highest resolutions that have
     attention: the first transformer layer of each attention module there.
 
-    For SD 1.5 this is ``[10, ..., 15]`` of 16, the layers DESIGN.md names; SD 2.x has the same structure. SDXL
+    For SD 1.5 this is ``[10, ..., 15]`` of 16, the layers docs/method.md names; SD 2.x has the same structure. SDXL
     has attention only in its two lower-resolution decoder blocks and stacks 10 and 2 transformer layers in each
     attention module there (30 + 6 self-attention layers): taking the first of each keeps 6 layers, as many as
     SD 1.5, at the same places in each module.

@@ -1,4 +1,4 @@
-"""The regional attention style loss and the content loss (DESIGN.md, stage 4).
+"""The regional attention style loss and the content loss (docs/method.md, stage 4).
 
 The keys and values of all references are concatenated once per layer; each matched content region attends
 only to the part of them it may see, so the work grows with the image, not with the number of regions.
@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-REGION_ATTENTION_MODES = ("zeroed", "masked")
+from ..settings import REGION_ATTENTION_MODES
 
 
 def token_labels(labels: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -77,7 +78,7 @@ def style_targets(queries, keys, values, plan: RegionPlan, mode: str = "zeroed",
 
     ``queries`` are those of the latent being optimized, from the same UNet pass as the outputs the loss
     compares (detached): the target moves with the latent at every iteration, as in Attention Distillation
-    and the authors' release (DESIGN.md, stage 4).
+    and the authors' release (docs/method.md, stage 4).
     One attention per matched region, over only the keys its queries may see, so the cost is the sum over
     regions of |region| x |keys seen| and no (N, all keys) matrix is built.
     ``zeroed`` (the authors' release, the default): keys and values of the matched reference outside the
@@ -123,3 +124,19 @@ def region_style_loss(out, target, plan: RegionPlan, n_regions: int, mode: str =
 def content_loss(q, q_content) -> torch.Tensor:
     """Mean absolute difference of the queries."""
     return (q.float() - q_content.float()).abs().mean()
+
+
+def content_loss_per_region(q_result: dict, q_content: dict, labels: torch.Tensor, n_regions: int) -> tuple[float, np.ndarray]:
+    """The content loss ``sum over layers of mean |Q - Q_c|`` of a result's queries against the clean content's (both
+    ``{layer: (heads, N, d)}``), over the layers of ``q_content``, for the whole image and per content region (the mean over the region's tokens of
+    each layer, summed over layers; NaN for a region without a token at some layer)."""
+    whole, per_region = 0.0, np.zeros(n_regions)
+    for layer, q in q_content.items():
+        gap = (q_result[layer].float() - q.float()).abs()  # (heads, N, d)
+        whole += float(gap.mean())
+        per_token = gap.mean((0, 2)).double().cpu()
+        tokens = token_labels(labels, per_token.shape[0])
+        counts = torch.bincount(tokens, minlength=n_regions)[:n_regions].double()
+        sums = torch.bincount(tokens, weights=per_token, minlength=n_regions)[:n_regions]
+        per_region += (sums / counts).numpy()  # 0 / 0 = NaN for a region without tokens here
+    return whole, per_region

@@ -10,11 +10,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import StyleGalleryError
+from ..errors import StyleGalleryError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .testing import ARCHITECTURES
+    from ..testing import ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog="stylegallery", description="Semantic-aware style transfer with Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,7 +92,7 @@ def _add_settings(parser) -> None:
 
 
 def _load_pipe(args, device: str | None = None):
-    from .pipeline import StyleGallery
+    from ..pipeline import StyleGallery
 
     pipe = StyleGallery.from_pretrained(
         args.model,
@@ -118,7 +118,7 @@ def _outputs(args) -> list[Path]:
 
 
 def _check(args) -> None:
-    from .pipeline import check_settings
+    from ..settings import check_settings
 
     check_settings(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters,
                    steps=args.steps, iters=args.iters, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed)
@@ -127,8 +127,8 @@ def _check(args) -> None:
 def _run(args) -> None:
     import torch
 
-    from .report import run_report
-    from .results import region_png, write_atomic
+    from ..analysis.report import run_report
+    from ..results import region_png, write_atomic
 
     _check(args)
     outputs = _outputs(args)
@@ -272,7 +272,7 @@ def _main(args, argv: list[str]) -> int:
         library.disable_progress_bar()
     try:
         if args.command == "make-test-model":
-            from .testing import make_test_models
+            from ..testing import make_test_models
 
             make_test_models(args.folder, args.arch, single_file=args.single_file)
             extra = f" and {args.folder}/sd.safetensors (use it with --model-config {args.folder}/sd)" if args.single_file else ""

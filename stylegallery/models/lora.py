@@ -1,7 +1,8 @@
-"""Fast mode: a step-distilled LoRA (LCM-LoRA, Hyper-SD) fused into the UNet for stylize, and its presets.
+"""A LoRA (such as the step-distilled LCM-LoRA and Hyper-SD of the fast presets) loaded through diffusers and fused
+into the UNet for stylize only.
 
 As in the authors' ``demo_accelerate.py``, clustering and matching run on the base model; only the
-optimization of stage 4 (its feature passes included) runs with the LoRA fused and a few-step scheduler.
+optimization of stage 4 (its feature passes included) runs with the LoRA fused.
 """
 
 from __future__ import annotations
@@ -9,85 +10,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
-from .errors import StyleGalleryError
+from ..cache import cache_key
+from ..errors import StyleGalleryError, first_line
+from .hub import load_model
+from .presets import Preset, get_preset
 
 ADAPTER = "stylegallery"
-SCHEDULERS = ("ddim", "euler-trailing", "lcm")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A LoRA with the scheduler and optimization settings tuned for it."""
-
-    name: str
-    lora: str  # Hub repo id of the LoRA
-    weight_name: str | None  # file inside the repo (None: diffusers' default name)
-    scheduler: str
-    steps: int
-    iters: int
-    lr: float
-    c_ratio: float
-
-    def settings(self) -> dict:
-        """The stylize settings the preset sets."""
-        return dict(steps=self.steps, iters=self.iters, lr=self.lr, c_ratio=self.c_ratio, scheduler=self.scheduler)
-
-
-#: The release's ``demo_accelerate.py`` modes, values as its ``mode_defaults``: ``lcm`` (its default mode:
-#: LCM-LoRA fused, ``LCMScheduler``) and ``hyper-sd`` (``Hyper-SD15-4steps-lora`` fused, ``EulerDiscreteScheduler``
-#: with trailing timestep spacing); both 28 timesteps x 3 Adam iterations.
-PRESETS = {
-    "lcm": Preset("lcm", "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors", "lcm",
-                  28, 3, 0.25, 0.33),
-    "hyper-sd": Preset("hyper-sd", "ByteDance/Hyper-SD", "Hyper-SD15-4steps-lora.safetensors", "euler-trailing",
-                       28, 3, 0.15, 0.38),
-}
-#: The same modes for SDXL, with the step-distilled LoRAs made for it. The release has no SDXL variant: the
-#: settings are its SD 1.5 values, not tuned for SDXL.
-SDXL_PRESETS = {
-    "lcm": Preset("lcm", "latent-consistency/lcm-lora-sdxl", "pytorch_lora_weights.safetensors", "lcm",
-                  28, 3, 0.25, 0.33),
-    "hyper-sd": Preset("hyper-sd", "ByteDance/Hyper-SD", "Hyper-SDXL-4steps-lora.safetensors", "euler-trailing",
-                       28, 3, 0.15, 0.38),
-}
-#: ``fast`` is the release's default accelerated mode.
-ALIASES = {"fast": "lcm"}
-_BY_FAMILY = {"sd1": PRESETS, "sdxl": SDXL_PRESETS}
-
-
-def get_preset(name: str, family: str = "sd1") -> Preset:
-    """The preset called ``name`` (``fast``, ``lcm`` or ``hyper-sd``) for a model of ``family``."""
-    table = _BY_FAMILY.get(family)
-    if table is None:
-        raise StyleGalleryError(f"there is no fast preset for {family} models (only for SD 1.x and SDXL): load a "
-                                "step-distilled LoRA made for the model with load_lora_weights or --lora, and choose "
-                                "steps, lr and c_ratio yourself")
-    preset = table.get(ALIASES.get(name, name))
-    if preset is None:
-        raise StyleGalleryError(f"unknown preset {name!r}; choose one of {', '.join([*ALIASES, *table])}")
-    return preset
-
-
-def optimization_timesteps(kind: str, base, steps: int) -> list[int]:
-    """The ``steps`` timesteps, noisy to clean, of scheduler ``kind`` built from the base scheduler's config."""
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
-
-    if kind not in SCHEDULERS:
-        raise StyleGalleryError(f"scheduler must be one of {', '.join(SCHEDULERS)} (got {kind!r})")
-    if kind == "ddim":
-        scheduler = DDIMScheduler.from_config(base.config)
-    elif kind == "euler-trailing":
-        scheduler = EulerDiscreteScheduler.from_config(base.config, timestep_spacing="trailing")
-    else:
-        scheduler = LCMScheduler.from_config(base.config)
-        limit = scheduler.config.original_inference_steps
-        if steps > limit:
-            raise StyleGalleryError(f"the lcm scheduler takes at most {limit} steps (got {steps})")
-    scheduler.set_timesteps(steps)
-    return [int(round(float(t))) for t in scheduler.timesteps]
 
 
 @dataclass(frozen=True)
@@ -135,7 +67,7 @@ class FusedLora:
                 state_dict, network_alphas, unet=unet, adapter_name=ADAPTER, metadata=metadata)
         except (ValueError, KeyError, RuntimeError) as exc:
             self._remove()
-            raise StyleGalleryError(f"the LoRA {info.source!r} does not fit this UNet: {_first_line(exc)}") from None
+            raise StyleGalleryError(f"the LoRA {info.source!r} does not fit this UNet: {first_line(exc)}") from None
         finally:
             quiet.setLevel(level)
         if not self._layers():
@@ -195,6 +127,72 @@ def read_lora(source: str, weight_name: str | None, local_files_only: bool):
     return state_dict, alphas, metadata, LoraInfo(source, weight_name, _digest(state_dict))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+class LoraLoaderMixin:
+    """Loading a LoRA into a pipeline for stylize, and the fast presets that use one (as diffusers' pipelines get
+    ``load_lora_weights`` from a loader mixin). The pipeline has ``unet``, ``backbone``, ``lora``, ``_lora_preset``
+    and ``_companions`` (the test models' folder, whose random LoRA stands in for the presets')."""
+
+    def load_lora_weights(self, source: str, *, weight_name: str | None = None) -> "LoraLoaderMixin":
+        """Load a LoRA for stylize through diffusers' LoRA loading (peft backend), replacing any loaded one.
+
+        ``source``: Hub id, folder, or ``.safetensors`` file (diffusers, peft or Kohya format; UNet LoRAs such
+        as LCM-LoRA and Hyper-SD). As in the release, the LoRA is fused into the UNet for stylize only; the
+        inversion, and so clustering and matching, run on the base model. Every stylize cache key includes
+        the LoRA's hash. A LoRA that cannot be loaded is an error, never a silent run without it.
+        """
+        path = Path(str(source)).expanduser()
+        if path.is_file():
+            try:
+                state = read_lora(str(path), None, True)
+            except (OSError, ValueError, KeyError) as exc:
+                raise StyleGalleryError(f"cannot read the LoRA file {path}: {first_line(exc)}") from None
+        else:
+            state = load_model("LoRA", str(source), lambda src, local: read_lora(src, weight_name, local))
+        self.unload_lora_weights()
+        self.lora = FusedLora(self.unet, *state)
+        self._lora_preset = None
+        return self
+
+    def unload_lora_weights(self) -> "LoraLoaderMixin":
+        """Remove the LoRA: the UNet is the base model again, bit for bit."""
+        if self.lora is not None:
+            self.lora.unload()
+        self.lora, self._lora_preset = None, None
+        return self
+
+    def use_preset(self, name: str) -> dict:
+        """Get ready for a preset (``fast`` = ``lcm``, or ``hyper-sd``; see
+        :data:`stylegallery.models.presets.PRESETS`, and ``SDXL_PRESETS`` for an SDXL model) and return its stylize
+        settings.
+
+        Loads the preset's LoRA unless a LoRA of your own is loaded (which is kept). With the random-weight
+        test models (``tiny``, ``sd15`` or a ``make-test-model`` folder) the preset uses their random LoRA.
+        """
+        preset = get_preset(name, self.backbone.family)
+        if self.lora is None or (self._lora_preset is not None and self._lora_preset != preset.name):
+            self._load_preset_lora(preset)
+        return preset.settings()
+
+    def _load_preset_lora(self, preset: Preset) -> None:
+        if self._companions is not None:
+            self.load_lora_weights(str(self._companions / "lora"))
+        else:
+            self.load_lora_weights(preset.lora, weight_name=preset.weight_name)
+        self._lora_preset = preset.name
+
+    @property
+    def lora_preset(self) -> str | None:
+        """The preset whose LoRA is loaded (``lcm``, ``hyper-sd``), or None (no LoRA, or one of your own)."""
+        return self._lora_preset
+
+    @property
+    def stylize_model(self) -> str:
+        """Fingerprint of the model stylize runs: the backbone's, combined with the LoRA's hash if one is loaded."""
+        if self.lora is None:
+            return self.backbone.fingerprint
+        return cache_key(model=self.backbone.fingerprint, lora=self.lora.info.digest)[:16]
+
+    def _use_lora(self, on: bool) -> None:
+        """Fuse the loaded LoRA (stylize) or restore the base UNet (inversion); no-op when already so."""
+        if self.lora is not None:
+            self.lora.fuse() if on else self.lora.unfuse()

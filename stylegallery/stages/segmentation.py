@@ -1,4 +1,4 @@
-"""Adaptive clustering of diffusion features into semantic regions (DESIGN.md, stage 2)."""
+"""Adaptive clustering of diffusion features into semantic regions (docs/method.md, stage 2)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .errors import StyleGalleryError
+from ..errors import StyleGalleryError
+from ..settings import STAGE_SETTINGS
 
 
-def _single_threaded():
+def single_threaded():
     """Run the clustering maths on one thread.
 
     The problems here are small (one point per latent pixel: 1k to 4k points of 60 dims), so scikit-learn's
@@ -117,7 +118,7 @@ def relabel(labels: np.ndarray) -> np.ndarray:
 
 
 def merge_close(labels: np.ndarray, latent: np.ndarray, threshold: float, depth=None, depth_threshold=None):
-    """Merge regions whose mean latent vectors lie closer than ``threshold`` (DESIGN.md stage 2, step 3).
+    """Merge regions whose mean latent vectors lie closer than ``threshold`` (docs/method.md stage 2, step 3).
 
     As in the authors' release, distances are those between the given regions' own means, every pair closer
     than the threshold is linked, and the merged regions are the connected components of that graph (single
@@ -213,39 +214,42 @@ def dissolve_thin(labels: np.ndarray, min_width: int) -> np.ndarray:
     return relabel(labels[rows, cols])
 
 
-def segment_features(
-    features: np.ndarray,
-    latent: np.ndarray,
-    *,
-    max_clusters: int = 10,
-    n_clusters: int | None = None,
-    n_components: int = 60,
-    n_init: int = 10,
-    silhouette_sample: int = 5000,
-    merge_threshold: float = 0.85,
-    depth: np.ndarray | None = None,
-    depth_span: float = 0.75,
-    depth_merge_threshold: float = 0.35,
-    depth_difference: float = 0.3,
-    user_mask: np.ndarray | None = None,
-    min_region_size: int = 20,
-    min_region_width: int = 1,
-    seed: int = 0,
-):
-    """Segment one image; returns (labels (h, w), {k: silhouette}, chosen k). See DESIGN.md stage 2."""
+def mask_to_grid(mask, grid: tuple[int, int]) -> np.ndarray:
+    """A user mask (latent grid or image size, or a PIL image) as an int array on the latent ``grid``."""
+    from PIL import Image
+
+    array = np.asarray(mask)
+    if array.ndim == 3:
+        array = array[..., 0]
+    if array.shape != grid:
+        resized = Image.fromarray(array.astype(np.int32)).resize((grid[1], grid[0]), Image.Resampling.NEAREST)
+        array = np.asarray(resized)
+    return array.astype(np.int64)
+
+
+def segment_features(features: np.ndarray, latent: np.ndarray, *, n_clusters: int | None = None,
+                     depth: np.ndarray | None = None, user_mask: np.ndarray | None = None, **settings):
+    """Segment one image; returns (labels (h, w), {k: silhouette}, chosen k). See docs/method.md stage 2.
+
+    ``features`` (C, h, w) and ``latent`` (4, h, w) on the latent grid; ``n_clusters``: force k for this image;
+    ``depth``: its normalised depth on the grid (the depth steps run only with it); ``user_mask``: its labels.
+    ``settings``: the segment stage's settings (:data:`stylegallery.settings.STAGE_SETTINGS`; the paper's defaults
+    for those not given).
+    """
+    s = STAGE_SETTINGS["segment"].resolve(settings)
     h, w = features.shape[1:]
-    with _single_threaded():
-        points = project_features(features, n_components, seed)
-        flat, scores, k = choose_k(points, max_clusters, n_clusters, n_init, silhouette_sample, seed)
+    with single_threaded():
+        points = project_features(features, s.n_components, s.seed)
+        flat, scores, k = choose_k(points, s.max_clusters, n_clusters, s.n_init, s.silhouette_sample, s.seed)
         labels = flat.reshape(h, w)
         if n_clusters is None:  # a forced k is the user's decision: do not merge it away
-            labels = merge_close(labels, latent, merge_threshold)
+            labels = merge_close(labels, latent, s.merge_threshold)
         if depth is not None:
-            labels = split_by_depth(labels, depth, depth_span, seed)
-            labels = merge_close(labels, latent, depth_merge_threshold, depth, depth_difference)
+            labels = split_by_depth(labels, depth, s.depth_span, s.seed)
+            labels = merge_close(labels, latent, s.depth_merge_threshold, depth, s.depth_difference)
     if n_clusters is None:  # likewise, the k clusters a user asked for all stay
-        labels = dissolve_thin(labels, min_region_width)
+        labels = dissolve_thin(labels, s.min_region_width)
     if user_mask is not None:  # after the strips go: a user's thin region stays
         labels = apply_user_mask(labels, user_mask)
-    labels = clean_small(labels, min_region_size)
+    labels = clean_small(labels, s.min_region_size)
     return labels, scores, k

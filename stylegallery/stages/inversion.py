@@ -6,7 +6,11 @@ import math
 
 import torch
 
-from .families import eps_from_v
+
+
+def eps_from_v(v: torch.Tensor, latent: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The noise a v-prediction means: ``eps = sqrt(a) v + sqrt(1 - a) x_t`` (``v = sqrt(a) eps - sqrt(1 - a) x0``)."""
+    return math.sqrt(alpha) * v + math.sqrt(1.0 - alpha) * latent
 
 
 def temporal_weights(n: int, steepness: float = 5.0, midpoint: float = 0.7) -> torch.Tensor:
@@ -38,7 +42,7 @@ def invert(unet, scheduler, latents, embedding, steps: int, feature_block: int, 
     ``alphas_cumprod[max(0, t - T // steps)]`` to ``alphas_cumprod[t]`` (so the first step starts from
     ``alphas_cumprod[0]``, as in the authors' release), and the output of decoder block ``feature_block`` is
     captured.
-    A v-prediction model's output is turned into the noise it implies (``families.eps_from_v``, at the alpha of
+    A v-prediction model's output is turned into the noise it implies (:func:`eps_from_v`, at the alpha of
     the timestep the UNet was given). ``added_cond_kwargs``: SDXL's extra conditions.
     """
     timesteps = inversion_timesteps(scheduler, steps)

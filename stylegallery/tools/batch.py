@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -29,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import StyleGalleryError
-from .progress import tqdm
-from .results import region_png, write_atomic
+from ..errors import StyleGalleryError
+from ..progress import tqdm
+from ..results import region_png, write_atomic
+from ..settings import STAGE_SETTINGS, STAGES
 
 __all__ = ["BatchRun", "Job", "failed_in_summary", "job_settings", "plan_from_folders", "read_plan", "run_batch",
            "write_summary"]
@@ -40,19 +40,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 #: plan columns (CSV) or keys (JSONL) that name the images rather than settings
 IMAGE_FIELDS = ("content", "styles", "style")
 SUMMARY_NAME, GALLERY_NAME, JOBS_DIR = "summary.csv", "gallery.html", "jobs"
-STAGE_NAMES = ("prepare", "invert", "segment", "match", "stylize")
 
 
 def job_settings() -> dict[str, object]:
-    """The settings a plan row may set, with their defaults: the keyword parameters of the stage methods
-    (``size``, ``steps``, ``c_ratio``...) and ``fast`` (a preset name)."""
-    from .pipeline import STAGES, StyleGallery
-
-    names: dict[str, object] = {}
-    for stage in STAGES:
-        for name, param in inspect.signature(getattr(StyleGallery, stage)).parameters.items():
-            if name not in ("self", "progress", "callback") and param.kind is param.KEYWORD_ONLY:
-                names[name] = param.default
+    """The settings a plan row may set, with their defaults: every stage's settings (``size``, ``steps``,
+    ``c_ratio``...; :data:`stylegallery.settings.STAGE_SETTINGS`, runtime options aside) and ``fast`` (a preset
+    name)."""
+    names = {s.name: s.default for declared in STAGE_SETTINGS.values() for s in declared.recorded.values()}
     names["fast"] = None
     return names
 
@@ -238,7 +232,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _run_job(pipe, job: Job, settings: dict, folder: Path, info: dict, progress: bool) -> None:
     """Run one job and write its outputs, then its report (last)."""
-    from .report import run_report
+    from ..analysis.report import run_report
 
     if job.problem:
         raise StyleGalleryError(job.problem)
@@ -315,7 +309,7 @@ def run_batch(jobs: list[Job], outdir: str | os.PathLike, *, load_pipe, settings
     (``share_inversions=False``: every job inverts its images itself, to measure the saving). Returns what this
     invocation did; the main process also writes ``summary.csv`` and ``gallery.html``.
     """
-    from .cache import TensorCache
+    from ..cache import TensorCache
     from .gallery import write_gallery
 
     outdir = Path(outdir)
@@ -377,7 +371,7 @@ def _status(report: dict | None, folder: Path, run_id: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- summary
 SUMMARY_COLUMNS = [
-    "row", "job", "status", "content", "styles", "settings", "seconds", *[f"seconds_{s}" for s in STAGE_NAMES],
+    "row", "job", "status", "content", "styles", "settings", "seconds", *[f"seconds_{s}" for s in STAGES],
     "inversions", "peak_memory_mb", "loss", "ssim", "content_loss", "colour_distance_to_match",
     "moved_toward_match", "process", "error",
 ]
@@ -398,7 +392,7 @@ def _summary_row(job: Job, name: str, settings: dict, folder: Path, report: dict
             ssim=report.get("ssim"), content_loss=report.get("content_loss"),
             colour_distance_to_match=round(sum(r["colour_distance"] for r in scores) / len(scores), 4) if scores else None,
             moved_toward_match=round(sum(moved) / len(moved), 4) if moved else None,
-            **{f"seconds_{s}": report.get("timings", {}).get(s) for s in STAGE_NAMES},
+            **{f"seconds_{s}": report.get("timings", {}).get(s) for s in STAGES},
         )
     elif (folder / "error.json").is_file():
         try:

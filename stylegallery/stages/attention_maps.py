@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import StyleGalleryError
+from ..errors import StyleGalleryError
 from .style_loss import token_labels
 
 MAP_MODES = ("zeroed", "masked", "plain")
@@ -78,30 +78,11 @@ def attention_maps(queries, keys, content_labels, style_labels, matches, points,
     grid = _grid(tuple(content_labels.shape), queries.shape[1])
     n_regions = len(matches)
 
-    regions, rows_of_point = [], []
-    for point in points:
-        if isinstance(point, (int, np.integer)) and not isinstance(point, bool):
-            if not 0 <= int(point) < n_regions:
-                raise StyleGalleryError(f"content region {point} does not exist (regions 0..{n_regions - 1})")
-            rows = torch.nonzero(content == int(point)).squeeze(1)
-            if not len(rows):
-                raise StyleGalleryError(f"content region {point} has no token at this layer's resolution {grid}")
-            regions.append(int(point))
-        else:
-            try:
-                y, x = (float(v) for v in point)
-            except (TypeError, ValueError):
-                raise StyleGalleryError(f"a point is (y, x) pixel coordinates or a region id (got {point!r})") from None
-            if not (0 <= y < image_size[0] and 0 <= x < image_size[1]):
-                raise StyleGalleryError(f"point {point} lies outside the {image_size[0]}x{image_size[1]} image")
-            row = int(y * grid[0] / image_size[0]) * grid[1] + int(x * grid[1] / image_size[1])
-            rows = torch.tensor([row])
-            regions.append(int(content[row]))
-        rows_of_point.append(rows)
-
+    located = [_point_rows(point, content, grid, image_size, n_regions) for point in points]
+    regions = [region for region, _ in located]
     scale = query_scale / math.sqrt(queries.shape[-1])
     maps, shares, insides = [], [], []
-    for region, rows in zip(regions, rows_of_point):
+    for region, rows in located:
         match = matches[region]
         allowed = torch.ones(total, dtype=torch.bool)
         zero = torch.zeros(total, dtype=torch.bool)
@@ -133,3 +114,23 @@ def attention_maps(queries, keys, content_labels, style_labels, matches, points,
         insides.append(masks)
     return AttentionMaps(list(points), regions, [matches[r] for r in regions], maps, shares,
                          insides, int(timestep), int(layer), mode, head, grid)
+
+
+def _point_rows(point, content: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int],
+                n_regions: int) -> tuple[int, torch.Tensor]:
+    """A point's content region and query rows: a region id (all its tokens), or (y, x) pixels (the token there)."""
+    if isinstance(point, (int, np.integer)) and not isinstance(point, bool):
+        if not 0 <= int(point) < n_regions:
+            raise StyleGalleryError(f"content region {point} does not exist (regions 0..{n_regions - 1})")
+        rows = torch.nonzero(content == int(point)).squeeze(1)
+        if not len(rows):
+            raise StyleGalleryError(f"content region {point} has no token at this layer's resolution {grid}")
+        return int(point), rows
+    try:
+        y, x = (float(v) for v in point)
+    except (TypeError, ValueError):
+        raise StyleGalleryError(f"a point is (y, x) pixel coordinates or a region id (got {point!r})") from None
+    if not (0 <= y < image_size[0] and 0 <= x < image_size[1]):
+        raise StyleGalleryError(f"point {point} lies outside the {image_size[0]}x{image_size[1]} image")
+    row = int(y * grid[0] / image_size[0]) * grid[1] + int(x * grid[1] / image_size[1])
+    return int(content[row]), torch.tensor([row])

@@ -1,29 +1,31 @@
 """Stable Diffusion families: which one a model is, read from its configs, and what differs between them.
 
-| family | text conditioning | UNet extras | prediction | default size |
+| family | text conditioning | UNet extras | prediction | trained at |
 | --- | --- | --- | --- | --- |
-| ``sd1`` (SD 1.x and fine-tunes) | CLIP ViT-L, last hidden state | none | epsilon | 512 |
-| ``sd2`` (SD 2.x) | OpenCLIP ViT-H, last hidden state | none | epsilon (base) or v (768-v) | 512 / 768 |
-| ``sdxl`` | two encoders, their penultimate hidden states side by side | pooled embedding and size ids (``added_cond_kwargs``) | epsilon | 1024 |
+| ``sd1`` (SD 1.x and fine-tunes) | CLIP ViT-L, last hidden state | none | epsilon | 512 px |
+| ``sd2`` (SD 2.x) | OpenCLIP ViT-H, last hidden state | none | epsilon (base) or v (768-v) | 512 / 768 px |
+| ``sdxl`` | two encoders, their penultimate hidden states side by side | pooled embedding and size ids (``added_cond_kwargs``) | epsilon | 1024 px |
+
+The working size is a setting of ``prepare`` (512 by default for every family, as in the paper); the last column
+says where each family sees what it was trained on.
 
 The family is read from the configs, never from a name: an SDXL UNet has ``addition_embed_type="text_time"``;
 SD 2.x uses linear projections in its transformers (``use_linear_projection``), SD 1.x does not. The layer
-roles (feature block, loss layers) are found from the UNet's structure (:mod:`stylegallery.attention`).
+roles (feature block, loss layers) are found from the UNet's structure (:mod:`stylegallery.stages.attention`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from .errors import StyleGalleryError
+from ..errors import StyleGalleryError
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+#: The base model of each family on the Hugging Face Hub; SD 1.5 is the paper's and StyleGallery's default.
+BASE_MODELS = {"sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
 SUPPORTED = "Stable Diffusion 1.x, 2.x and XL (text-to-image UNet models, as diffusers folders or single files)"
-DEFAULT_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024}
 
 
 def family_of(unet_config: dict) -> str:
@@ -52,11 +54,6 @@ def check_pipeline_folder(folder: Path) -> None:
         kind = " (a diffusion transformer)" if (folder / "transformer").is_dir() else ""
         raise StyleGalleryError(f"{folder} is a {name or 'pipeline'} without a UNet{kind}: StyleGallery supports "
                                 f"{SUPPORTED}")
-
-
-def eps_from_v(v: torch.Tensor, latent: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The noise a v-prediction means: ``eps = sqrt(a) v + sqrt(1 - a) x_t`` (``v = sqrt(a) eps - sqrt(1 - a) x0``)."""
-    return math.sqrt(alpha) * v + math.sqrt(1.0 - alpha) * latent
 
 
 def added_conditions(family: str, pooled: torch.Tensor | None, batch: int, size: tuple[int, int]) -> dict | None:

@@ -1,4 +1,4 @@
-"""Region matching: statistical, semantic and geometric similarity of regions (DESIGN.md, stage 3)."""
+"""Region matching: statistical, semantic and geometric similarity of regions (docs/method.md, stage 3)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,28 @@ def circle_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every row of ``a`` with every row of ``b``."""
     return F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T
+
+
+def score_matrices(features: torch.Tensor, labels: torch.Tensor, tokens: list[torch.Tensor] | None, *,
+                   statistical_weight: float, semantic_weight: float, geometric_weight: float,
+                   block_threshold: float) -> dict:
+    """Every content region (image 0) against every region of every reference (images 1..): the three similarities
+    and ``score = statistical_weight * statistical + semantic_weight * semantic + geometric_weight * geometric``.
+
+    ``features`` (N, C, h, w) and ``labels`` (N, h, w) of all images; ``tokens``: each image's DINOv2 patch tokens
+    (gh, gw, D), or None (the semantic part is then 0). Returns the four (content regions, all style regions)
+    matrices and ``columns``, the [reference, region] of each column.
+    """
+    n_styles = len(labels) - 1
+    stats = [region_statistics(features[i], labels[i]) for i in range(len(labels))]
+    circles = [enclosing_circles(labels[i]) for i in range(len(labels))]
+    columns = [[j, s] for j in range(n_styles) for s in range(int(labels[j + 1].max()) + 1)]
+    stat = torch.cat([cosine_matrix(stats[0], stats[j + 1]) for j in range(n_styles)], 1)
+    geo = torch.cat([circle_iou(circles[0], circles[j + 1]) for j in range(n_styles)], 1)
+    if tokens is None:
+        sem = torch.zeros_like(stat)
+    else:
+        vec = [region_semantics(tokens[i], labels[i], block_threshold) for i in range(len(labels))]
+        sem = torch.cat([cosine_matrix(vec[0], vec[j + 1]) for j in range(n_styles)], 1)
+    score = statistical_weight * stat + semantic_weight * sem + geometric_weight * geo
+    return dict(score=score, statistical=stat, semantic=sem, geometric=geo, columns=columns)

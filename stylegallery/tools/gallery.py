@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .results import write_atomic
+from ..results import write_atomic
 
 __all__ = ["Gallery", "write_gallery"]
 
@@ -60,7 +60,7 @@ def _jpeg(path: Path, size: int = THUMB) -> str | None:
 
 def _regions(path: Path) -> str | None:
     """A data URL of a region map (``region_png``'s grey levels) in the region colours of the other pictures."""
-    from .plot import region_palette
+    from ..analysis.plot import region_palette
 
     try:
         with Image.open(path) as image:
