@@ -60,7 +60,8 @@ PRINT_RESULT = """\
 result = session.stylization
 print("RESULT=" + json.dumps(result and {"steps": len(result.history), "stopped_early": result.stopped_early}))"""
 PRINT_POINT = 'print("POINT=" + json.dumps({"point": attention.point, "share": attention.share, "ms": attention.elapsed_ms}))'
-CELLS = (SETUP, SHOW_REGIONS, SHOW_MATRIX, SHOW_ATTENTION, SHOW_EXPLORER, PRINT_MATCHES, PRINT_POINT, PRINT_RESULT)
+SCRATCH = "# the test writes the code of this cell"
+CELLS = (SETUP, SHOW_REGIONS, SHOW_MATRIX, SHOW_ATTENTION, SHOW_EXPLORER, PRINT_MATCHES, PRINT_POINT, PRINT_RESULT, SCRATCH)
 MATCHES, POINT, RESULT = CELLS.index(PRINT_MATCHES), CELLS.index(PRINT_POINT), CELLS.index(PRINT_RESULT)
 
 
@@ -268,6 +269,41 @@ def _rerun(page, index: int, key: str):
     return _printed(page, index, key)
 
 
+def _scratch(page, code: str, key: str | None, timeout: float = 90):
+    """Run ``code`` in the notebook's last cell and return what it printed after ``KEY=`` (JSON); with ``key`` None,
+    return as soon as the cell starts."""
+    index = len(CELLS) - 1
+    page.evaluate(
+        """([index, code]) => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            const cell = panel.content.widgets[index];
+            cell.model.sharedModel.setSource(code);
+            cell.model.outputs.clear();
+            panel.content.activeCellIndex = index;
+            window.jupyterapp.commands.execute('notebook:run-cell');  // not awaited: the cell may wait for a click
+        }""",
+        [index, code],
+    )
+    if key is not None:
+        return json.loads(_wait_for_output(page, index, f"{key}=", timeout).split(f"{key}=", 1)[1].strip())
+
+
+def _check_tabs(page, explorer, when: str) -> None:
+    """Click each tab of the explorer's match fold: the clicked tab is the current one, its panel shows and the other
+    is hidden, and the kernel's Tab has its index."""
+    _fold(page, explorer, "4 · match")
+    panels = {"match matrix": explorer.locator(".sg-match-matrix"), "attention map": explorer.locator(".sg-attention-view")}
+    for index, name in ((1, "attention map"), (0, "match matrix")):
+        explorer.get_by_role("tab", name=name).click()
+        page.wait_for_function(
+            "(name) => document.querySelector('.sg-explorer .lm-TabBar-tab.lm-mod-current')?.textContent === name",
+            arg=name, timeout=10_000)
+        other = next(n for n in panels if n != name)
+        assert panels[name].first.is_visible() and not panels[other].first.is_visible(), (when, name)
+        kernel = _scratch(page, 'print("TAB=" + json.dumps(explorer.match_tabs.selected_index))', "TAB")
+        assert kernel == index, (when, name, kernel)
+
+
 def _open_notebook(page, server, reload: bool = False) -> None:
     """Open the test notebook (or wait for the reloaded page to) and wait for its cells and its kernel."""
     if not reload:
@@ -285,8 +321,11 @@ def _open_notebook(page, server, reload: bool = False) -> None:
 
 
 def _fold(page, explorer, stage: str) -> None:
-    """Unfold the explorer's panel of ``stage``: a click on its title."""
-    explorer.locator(".jupyter-widget-Collapse-header", has_text=stage).first.click()
+    """Unfold the explorer's panel of ``stage``: a click on its title (unless it is open already: a click folds it)."""
+    opened = ("(stage) => [...document.querySelectorAll('.sg-explorer .jupyter-widget-Collapse-open "
+              ".jupyter-widget-Collapse-header')].some((h) => h.textContent.includes(stage))")
+    if not page.evaluate(opened, stage):
+        explorer.locator(".jupyter-widget-Collapse-header", has_text=stage).first.click()
     page.wait_for_function(
         "(stage) => [...document.querySelectorAll('.sg-explorer .jupyter-widget-Collapse-open "
         ".jupyter-widget-Collapse-header')].some((h) => h.textContent.includes(stage))", arg=stage,
@@ -446,8 +485,10 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     explorer_height = explorer.bounding_box()["height"]
     status = explorer.locator(".widget-html-content").first
     assert status.text_content().strip() == f"the stylization is partial: stopped at step {result['steps']} of {LONG_STEPS}"
+    _check_tabs(page, explorer, "after a background run and a Stop")
 
     # Refine last result, enabled after a Stop: a click resumes the stopped run where it stopped, to the end
+    _fold(page, explorer, "5 · stylize")
     refine = explorer.get_by_role("button", name="Refine last result")
     assert refine.is_enabled()
     refine.click()
@@ -456,8 +497,32 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     assert resumed == {"steps": LONG_STEPS - result["steps"], "stopped_early": False}, (result, resumed)
     assert status.text_content().strip() == "all stages are up to date"
     assert "refined from the last result" in explorer.locator(".jupyter-widget-Collapse-open").text_content()
+    _check_tabs(page, explorer, "after a refine")
+
+    # Stop works while a cell waits for the run (an awaiting cell leaves the kernel free to read the click)
+    _fold(page, explorer, "5 · stylize")
+    code = ('session.set(c_ratio=0.3)\nexplorer.run()\nran = await explorer.wait_async()\n'
+            'print("WAITED=" + json.dumps({"ran": ran, "stopped": session.stylization.stopped_early, '
+            '"steps": len(session.stylization.history)}))')
+    _scratch(page, code, None)  # returns as the cell starts: it waits for the run
+    page.wait_for_function(f"() => Number(document.querySelector('.sg-explorer canvas.sg-lm-canvas').dataset.points) >= 3"
+                           " && document.querySelector('.sg-explorer .sg-loss-monitor.sg-running')", timeout=60_000)
+    explorer.locator(".sg-loss-monitor").get_by_role("button", name="Stop").click()
+    waited = json.loads(_wait_for_output(page, len(CELLS) - 1, "WAITED=", 60).split("WAITED=", 1)[1].strip())
+    assert waited["ran"] == ["stylize"] and waited["stopped"] and waited["steps"] < LONG_STEPS, waited
+
+    # a fast preset chosen in the dropdown, and a new match result in the match fold
+    preset = explorer.locator("select").filter(has_text="LCM-LoRA")
+    preset.select_option(label=preset.locator("option", has_text="LCM-LoRA").text_content())
+    page.wait_for_function(f"() => {badge}.startsWith('stale')", timeout=30_000)
+    _check_tabs(page, explorer, "after a preset change")
+    ran = _scratch(page, 'explorer.set(max_clusters=3)\nexplorer.run("match")\nprint("RAN=" + json.dumps(explorer.wait()))',
+                   "RAN")
+    assert ran == ["segment", "match"], ran
+    _check_tabs(page, explorer, "after a new match result")
 
     # a log scale reads real numbers at its ticks
+    _fold(page, explorer, "5 · stylize")
     monitor = explorer.locator(".sg-loss-monitor").first
     linear = json.loads(monitor.locator("canvas").get_attribute("data-yticks"))
     monitor.get_by_label("log scale").check()

@@ -72,6 +72,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.region_views: list[RegionView] = []
         self.match_matrix: MatchMatrix | None = None
         self.attention_view: AttentionView | None = None
+        self.match_tabs: W.Tab | None = None  # the match fold's two tabs: the matrix and the attention view
         self.compare: Compare | None = None
 
         self.controls: dict[str, dict[str, W.Widget]] = {}
@@ -82,7 +83,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.pictures: dict[str, W.Box] = {}
         self.refine_button = W.Button(description="Refine last result", icon="repeat", layout=W.Layout(width="160px"))
         self.refine_button.on_click(lambda _b: self.run("stylize", refine=True))
-        self.preset = W.Dropdown(options=preset_options(session), value=current_preset(session),
+        self.preset = W.Dropdown(options=preset_options(), value=current_preset(session),
                                  description="preset", style=STYLE, layout=W.Layout(width="250px"))
         self.preset.observe(lambda change: self._preset_chosen(change["new"]), names="value")
         panels = []
@@ -287,8 +288,15 @@ class StageExplorer(StaticReprMixin, W.VBox):
         return self._worker.busy
 
     def wait(self, timeout: float | None = None) -> list[str]:
-        """Wait for a background run to finish (at most ``timeout`` seconds); returns the stages it ran."""
+        """Wait for a background run to finish (at most ``timeout`` seconds); returns the stages it ran. In a
+        notebook cell prefer ``await explorer.wait_async()``: Stop then works while the cell waits."""
         self._worker.wait(timeout)
+        return self.ran
+
+    async def wait_async(self, timeout: float | None = None) -> list[str]:
+        """:meth:`wait` for a notebook cell (``ran = await explorer.wait_async()``): the kernel reads the widgets'
+        messages meanwhile, so a click on Stop lands, under Run All too."""
+        await self._worker.wait_async(timeout)
         return self.ran
 
     def _lock(self, locked: bool) -> None:
@@ -413,10 +421,11 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 # where a content point attends under the style loss (in a run's worker the model is busy: its
                 # maps come when the run has released the model, see _run)
                 self.attention_view = AttentionView(session, width=192, reference_width=144)
-                tabs = W.Tab(children=[self.match_matrix, self.attention_view])  # one at a time: fits a screen
-                for i, title in enumerate(MATCH_TABS):
-                    tabs.set_title(i, title)
-                box.children = [tabs]
+                # one at a time: fits a screen
+                self.match_tabs = W.Tab(children=[self.match_matrix, self.attention_view])
+                for i, title in enumerate(MATCH_TABS):  # set_title: ipywidgets 7 (Colab) has no titles trait
+                    self.match_tabs.set_title(i, title)
+                box.children = [self.match_tabs]
             else:
                 self.match_matrix.refresh()
                 if session not in RUNNING:  # a run refreshes it when it has released the model

@@ -114,8 +114,17 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
 
     def wait(self, timeout: float | None = None):
         """Wait for the run started by :meth:`run` (at most ``timeout`` seconds); returns its result or raises its
-        error (None while it still runs)."""
-        if not self._run.wait(timeout):
+        error (None while it still runs). In a notebook cell prefer ``await monitor.wait_async()``: Stop then works
+        while the cell waits."""
+        return self._outcome(self._run.wait(timeout))
+
+    async def wait_async(self, timeout: float | None = None):
+        """:meth:`wait` for a notebook cell (``result = await monitor.wait_async()``): the kernel reads the widgets'
+        messages meanwhile, so a click on Stop lands, under Run All too."""
+        return self._outcome(await self._run.wait_async(timeout))
+
+    def _outcome(self, finished: bool):
+        if not finished:
             return None
         if self.error is not None:
             raise self.error

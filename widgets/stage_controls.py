@@ -35,11 +35,11 @@ def badge(kind: str, text: str) -> str:
             f'border-radius:8px;margin-left:8px;{BADGE[kind]}">{html.escape(text)}</span>')
 
 
-def preset_options(session: Session) -> list[tuple[str, str]]:
-    """The preset control's choices: the paper's settings, then every fast preset (steps x iters)."""
-    steps = Session.parameters("stylize")["steps"].default
-    return [(f"paper ({steps} steps)", PAPER)] + [
-        (f"fast: {PRESET_NAMES.get(name, name)} ({p.steps}×{p.iters})", name) for name, p in PRESETS.items()]
+def preset_options() -> list[tuple[str, str]]:
+    """The preset control's choices: the paper's settings, then every fast preset. The labels name the scheduler and
+    the LoRA only: steps and the other settings are the controls' own (a label must not contradict them)."""
+    return [("paper: DDIM, no LoRA", PAPER)] + [
+        (f"fast: {PRESET_NAMES.get(name, name)} ({p.scheduler})", name) for name, p in PRESETS.items()]
 
 
 def current_preset(session: Session) -> str:

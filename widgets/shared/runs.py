@@ -6,8 +6,10 @@ stylize runs. :class:`BackgroundRun` is the one way the explorer and the loss mo
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
@@ -91,7 +93,53 @@ class BackgroundRun:
             body()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a background run (at most ``timeout`` seconds); True when no run goes on any more."""
-        if self._thread is not None:
+        """Wait for a background run (at most ``timeout`` seconds); True when no run goes on any more.
+
+        A cell that waits so holds the kernel, which then reads no widget message (a click on Stop) until it ends,
+        except on kernels that jupyter-ui-poll can drive (ipykernel before 7.4, Colab's). In a notebook, prefer
+        ``await`` :meth:`wait_async`.
+        """
+        if self._thread is None:
+            return True
+        if not _pollable_kernel():
             self._thread.join(timeout)
+            return not self.busy
+        from jupyter_ui_poll import ui_events
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with ui_events() as poll:
+            while self.busy and (deadline is None or time.monotonic() < deadline):
+                poll(20)  # the widget messages waiting, such as a click on Stop
+                self._thread.join(0.05)
         return not self.busy
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """:meth:`wait` for a notebook cell (``await run.wait_async()``): while the cell waits, the kernel reads the
+        widgets' messages, so Stop works, under Run All too (ipykernel 7.4 and later dispatch widget messages during
+        an awaiting cell; on older kernels jupyter-ui-poll processes them)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = None
+        if _pollable_kernel():
+            from jupyter_ui_poll import ui_events
+
+            poll = ui_events()
+        while self.busy and (deadline is None or time.monotonic() < deadline):
+            if poll is not None:
+                async with poll as process:
+                    await process(20)
+            await asyncio.sleep(0.05)
+        return not self.busy
+
+
+def _pollable_kernel() -> bool:
+    """Whether this is the main thread of a Jupyter kernel that jupyter-ui-poll can drive (one with
+    ``do_one_iteration``, which ipykernel 7.4 removed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None) if shell is not None else None
+    return kernel is not None and hasattr(kernel, "do_one_iteration")
