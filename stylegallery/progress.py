@@ -1,4 +1,5 @@
-"""The stages' progress bars: ``tqdm.auto``'s, except that a notebook bar closed with ``leave=False`` leaves no output.
+"""The stages' progress bars: ``tqdm.auto``'s, except that a notebook bar closed with ``leave=False`` leaves no output;
+and :func:`quiet_progress`, which silences other libraries' bars where ours say enough.
 
 tqdm closes such a bar's widget, but the cell keeps the output that displayed it: once the notebook is saved and
 reopened, that output reads "Error displaying widget: model not found". Here the bar is displayed under a
@@ -8,6 +9,7 @@ display id and its output is emptied when the bar closes. Outside a notebook thi
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from tqdm.auto import tqdm as _auto_tqdm
@@ -37,3 +39,20 @@ if _notebook is not None and issubclass(_auto_tqdm, _notebook.tqdm):
 
 else:
     tqdm = _auto_tqdm
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """No progress bars of transformers or diffusers (loading or writing weights) in the block: they take a
+    fraction of a second, and a notebook shows one bar each. Downloads from the Hub keep theirs."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [lib for lib in (transformers_logging, diffusers_logging) if lib.is_progress_bar_enabled()]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library in libraries:
+            library.enable_progress_bar()

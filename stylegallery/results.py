@@ -147,14 +147,17 @@ class Segmentation(_Stage):
         return torch.bincount(self.labels[index].flatten(), minlength=self.n_regions(index)).tolist()
 
     def merge(self, index: int, a: int, b: int) -> "Segmentation":
-        """A copy where region ``b`` of image ``index`` joins region ``a`` (regions renumbered 0..n-1)."""
+        """A copy where regions ``a`` and ``b`` of image ``index`` are one region, numbered with the lower of the two;
+        the regions numbered above the higher one move down by one (regions stay numbered 0..n-1), the others keep
+        their numbers, and so their colours in every picture."""
         n = self.n_regions(index)
         if not (0 <= a < n and 0 <= b < n) or a == b:
             raise StyleGalleryError(f"cannot merge regions {a} and {b} of image {index}: it has regions 0..{n - 1}")
+        low, high = min(a, b), max(a, b)
         labels = self.labels.clone()
         image = labels[index]
-        image[image == b] = a
-        labels[index] = torch.unique(image, return_inverse=True)[1].view_as(image)
+        image[image == high] = low
+        image[image > high] -= 1
         settings = dict(self.settings, edited=True)
         return Segmentation(labels, self.silhouette, self.chosen_k, settings)
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,28 +94,54 @@ def test_a_grid_completes_and_a_second_run_does_no_work(images, model_dir, tmp_p
     assert Image.open(path).size == (64, 64)
 
 
+# Runs the command line in a child process that stops itself at a chosen point, the same point every time (never by
+# a timer): ``kill`` is SIGKILL right after the first file of the second job is written (the job is left incomplete);
+# ``interrupt`` is a KeyboardInterrupt (Ctrl-C) as the second job starts.
+_STOPPING = """
+import os, signal, sys
+from stylegallery import StyleGallery
+from stylegallery.tools import batch
+from stylegallery.tools.cli import main
+
+how, calls, writes = sys.argv[1], [], []
+call, write = StyleGallery.__call__, batch.write_atomic
+
+def counted_call(self, *args, **kwargs):
+    calls.append(1)
+    if how == "interrupt" and len(calls) == 2:
+        raise KeyboardInterrupt
+    return call(self, *args, **kwargs)
+
+def counted_write(path, *args, **kwargs):
+    out = write(path, *args, **kwargs)
+    if how == "kill" and len(calls) == 2 and not writes:
+        writes.append(path)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+StyleGallery.__call__, batch.write_atomic = counted_call, counted_write
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_a_killed_run_resumes_with_every_job_done_once(images, model_dir, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "stylegallery", *_grid(images, out, model_dir)]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    for sig in (signal.SIGKILL, signal.SIGINT):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        target = 1 if sig == signal.SIGKILL else 3
-        while len(list((out / "jobs").glob("*/report.json"))) < target and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-        if sig == signal.SIGINT:
-            assert proc.returncode == 130 and "interrupted" in err, err
+    killed = subprocess.run([sys.executable, "-c", _STOPPING, "kill", *_grid(images, out, model_dir)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(_reports(out)) == 1 and len(list((out / "jobs").iterdir())) == 2  # the second job left incomplete
+    interrupted = subprocess.run([sys.executable, "-c", _STOPPING, "interrupt", *_grid(images, out, model_dir)],
+                                 env=env, capture_output=True, text=True, timeout=300)
+    assert interrupted.returncode == 130 and "interrupted" in interrupted.stderr, interrupted.stderr
     before = {name: report["batch"]["run_id"] for name, report in _reports(out).items()}
-    assert 3 <= len(before) < 6, before  # stopped part-way
+    assert len(before) == 2, before  # the first run's job, and the incomplete one finished by the second run
     assert main(_grid(images, out, model_dir)) == 0
     after = _reports(out)
     assert len(after) == 6 and _no_temporary_files(out)
     assert {n: after[n]["batch"]["run_id"] for n in before} == before  # finished jobs were not done again
     rows = _summary(out)
-    assert sorted(r["status"] for r in rows) == ["done"] * (6 - len(before)) + ["skipped"] * len(before)
+    assert sorted(r["status"] for r in rows) == ["done"] * 4 + ["skipped"] * 2
 
 
 def test_two_processes_split_the_jobs_and_match_one_process(images, model_dir, tmp_path):

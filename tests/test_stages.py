@@ -159,6 +159,10 @@ def test_forced_k_and_merge(pipe, planted_run):
     merged = seg.merge(0, 0, 1)
     assert merged.n_regions(0) == 4
     assert merged.region_sizes(0)[0] == seg.region_sizes(0)[0] + seg.region_sizes(0)[1]
+    # regions 3 and 1 become one region numbered 1; regions 0 and 2 keep their numbers (and colours), 4 becomes 3
+    old, new = seg.labels[0], seg.merge(0, 3, 1).labels[0]
+    for before, after in ((0, 0), (1, 1), (2, 2), (3, 1), (4, 3)):
+        assert (new[old == before] == after).all(), (before, after)
     with pytest.raises(StyleGalleryError):
         seg.merge(0, 0, 9)
 

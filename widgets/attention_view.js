@@ -28,7 +28,14 @@ function render({ model, el: root }) {
   const stageLabel = el("div", "sg-small", "content · click a point");
   stage.append(canvas, stageLabel);
   const refs = el("div", "sg-av-refs");
-  row.append(stage, refs);
+  const column = el("div", "sg-av-column");
+  const scale = el("div", "sg-av-scale");
+  const scaleBar = el("div", "sg-av-scale-bar");
+  const scaleLow = el("span", "sg-small", "0");
+  const scaleHigh = el("span", "sg-small sg-av-scale-top");
+  scale.append(el("span", "sg-small", "attention weight of the point: "), scaleLow, scaleBar, scaleHigh);
+  column.append(refs, scale);
+  row.append(stage, column);
 
   const controls = el("div", "sg-row sg-av-controls");
   const tWrap = el("label", "sg-label sg-av-control", "timestep ");
@@ -123,6 +130,15 @@ function render({ model, el: root }) {
       figure.lastChild.textContent = `${names[j] || `style ${j + 1}`}${share}${matched}`;
       figure.classList.toggle("sg-av-matched", Boolean(match && match[0] === j));
     });
+  }
+
+  function updateScale() {
+    const { colors, top } = model.get("heat_scale") || {};
+    scale.style.display = colors && colors.length ? "" : "none";
+    if (!colors || !colors.length) return;
+    scaleBar.style.background = `linear-gradient(to right, ${colors.join(", ")})`;
+    scaleHigh.textContent = `${(100 * top).toPrecision(2)}% (brightest)`;
+    scale.dataset.top = String(top);
   }
 
   function updateCaption() {
@@ -233,6 +249,7 @@ function render({ model, el: root }) {
     "change:content_png": onImage,
     "change:point change:region change:labels change:label_grid change:image_size": draw,
     "change:heatmaps change:reference_names change:reference_shares change:match change:reference_width": updateRefs,
+    "change:heat_scale": updateScale,
     "change:caption change:share": updateCaption,
     "change:timesteps change:timestep change:layers change:layer change:heads change:head change:mode change:modes change:queries change:has_result": updateControls,
     "change:status": () => (status.textContent = model.get("status")),
@@ -244,6 +261,7 @@ function render({ model, el: root }) {
   onSize();
   updateCaption();
   updateRefs();
+  updateScale();
   updateControls();
   onImage();
 

@@ -7,6 +7,7 @@ import time
 
 import anywidget
 import numpy as np
+from matplotlib import colormaps
 import traitlets as t
 from PIL import Image
 
@@ -20,6 +21,11 @@ from stylegallery.results import Matching, Prepared, Segmentation
 from .shared.display import CSS, StaticReprMixin, SyncGuard, esm
 from .shared.pictures import data_url, figure_png, labels_array, png_bytes
 from .shared.runs import model_lock
+
+#: The heat maps' colour map (matplotlib's inferno, as :func:`stylegallery.analysis.pictures.heat_picture`) as colour
+#: stops for the view's scale bar.
+HEAT_COLOURS = ["#%02x%02x%02x" % tuple(round(255 * v) for v in colormaps["inferno"](i / 8)[:3]) for i in range(9)]
+
 
 def _heat_picture(reference: np.ndarray, weights: np.ndarray, inside: np.ndarray, top: float) -> np.ndarray:
     """The reference under the heat map of ``weights`` (:func:`stylegallery.analysis.pictures.heat_picture`), the
@@ -71,6 +77,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     label_grid = t.List(t.Int(), default_value=[0, 0]).tag(sync=True)
     reference_names = t.List(t.Unicode()).tag(sync=True)
     heatmaps = t.List(t.Unicode()).tag(sync=True)  # one PNG data URL per reference
+    heat_scale = t.Dict().tag(sync=True)  # the heat maps' colour scale: {"colors": [hex, ...], "top": weight at the top}
     reference_shares = t.List(t.Float()).tag(sync=True)  # share of the point's weight on each reference
     point = t.List(t.Int()).tag(sync=True)  # [y, x] in pixels of the working image; [] = none
     region = t.Int(-1).tag(sync=True)  # the point's content region
@@ -158,6 +165,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             self._maps = self._computed = None
             with self.hold_sync():
                 self.heatmaps, self.reference_shares, self.share, self.caption = [], [], None, ""
+                self.heat_scale = {}
                 self.status = f"⚠ {exc}"
             self._shown = None
             return
@@ -282,6 +290,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         elapsed = 1000 * (time.perf_counter() - start)
         with self.hold_sync():
             self.heatmaps = pictures
+            self.heat_scale = {"colors": HEAT_COLOURS, "top": float(max(float(m.max()) for m in maps.maps[0]) or 1.0)}
             self.reference_shares = [round(float(m.sum()), 4) for m in maps.maps[0]]
             self.region = int(region)
             self.match = None if match is None else [int(match[0]), int(match[1])]

@@ -99,7 +99,7 @@ function render({ model, el: root }) {
     let lo = Infinity;
     let hi = -Infinity;
     all.forEach((s) => s.values.forEach((v) => { if (v !== null && isFinite(v)) { lo = Math.min(lo, tf(v)); hi = Math.max(hi, tf(v)); } }));
-    const m = { l: 48, r: 10, t: 10, b: 28 };
+    const m = { l: 58, r: 10, t: 10, b: 28 };
     ctx.strokeStyle = fg;
     ctx.fillStyle = fg;
     ctx.lineWidth = 1;
@@ -142,6 +142,13 @@ function render({ model, el: root }) {
     niceTicks(x0, x1, Math.min(5, Math.max(1, x1 - x0))).filter((s) => Number.isInteger(Math.round(s * 1e6) / 1e6))
       .forEach((s) => ctx.fillText(String(Math.round(s)), px(s), H - m.b + 4));
     ctx.fillText("step", W / 2, H - 12);
+    // the y axis: what the curves are (loss, on a log scale when asked)
+    ctx.save();
+    ctx.translate(10, m.t + (H - m.t - m.b) / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.fillText(log ? "loss (log scale)" : "loss", 0, 0);
+    ctx.restore();
+    canvas.dataset.ylabel = log ? "loss (log scale)" : "loss";
     all.forEach((s) => {
       ctx.beginPath();
       let open = false;

@@ -9,6 +9,7 @@ import anywidget
 import traitlets as t
 
 from stylegallery import plot
+from stylegallery.analysis.figures import plural
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Stylization
 
@@ -223,7 +224,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         """The steps recorded: "20 steps", or "steps 15 to 20 of 20" for a run that started later (warm)."""
         steps = self._buffer["steps"]
         if not steps or steps[0] <= 1:
-            return f"{len(steps)} steps"
+            return plural(len(steps), "step")
         return f"steps {steps[0]} to {steps[-1]} of {self.total_steps}"
 
     def _flush(self, step: int) -> None:

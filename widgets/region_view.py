@@ -9,6 +9,7 @@ import numpy as np
 import traitlets as t
 
 from stylegallery import plot
+from stylegallery.analysis.figures import plural
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Prepared, Segmentation
 
@@ -190,7 +191,8 @@ class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
             self.selected = selected
 
     def merge(self, a: int | None = None, b: int | None = None) -> Segmentation:
-        """Join region ``b`` into region ``a`` (default: the two picked regions, the first picked surviving)."""
+        """Make regions ``a`` and ``b`` one region, numbered with the lower number (default: the two picked regions);
+        see :meth:`Segmentation.merge`."""
         if a is None or b is None:
             if len(self.picked) != 2:
                 raise StyleGalleryError("pick two regions to merge")
@@ -200,11 +202,12 @@ class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
         if self._session is not None:
             self._session.replace("segment", merged)
         self._segmentation = merged
-        survivor = a if a < b else a - 1
+        low, high = sorted((int(a), int(b)))
         self.picked = []
         self.selected = -1
         self.refresh()
-        self.status = f"merged region {b} into region {a} (now region {survivor})"
+        moved = f"; regions above {high} move down by one" if high < self.segmentation.n_regions(self.index) else ""
+        self.status = f"merged regions {low} and {high} into region {low}{moved}"
         self._update_siblings()
         self._edited("segment", merged)
         return merged
@@ -235,7 +238,7 @@ class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
         self.picked = []
         self.selected = -1
         self.refresh()
-        self.status = f"k = {k}: {result.n_regions(self.index)} regions" if k else f"automatic k = {result.chosen_k[self.index]}"
+        self.status = f"k = {k}: {plural(result.n_regions(self.index), 'region')}" if k else f"automatic k = {result.chosen_k[self.index]}"
         self._update_siblings()
         self._edited("segment", result)
         return result

@@ -14,6 +14,11 @@ from matplotlib.transforms import blended_transform_factory
 from ..results import Prepared
 from .pictures import image_names
 
+def plural(count: int, noun: str) -> str:
+    """``"1 region"``, ``"3 regions"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 #: The colours of a match, a user's override and a region that keeps its content, in every figure.
 MATCH_COLOUR, OVERRIDE_COLOUR, KEEP_COLOUR = "#e8112d", "#ff9f1c", "#7f7f7f"
 

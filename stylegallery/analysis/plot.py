@@ -20,8 +20,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ..images import rgb_array
 from ..results import Inversion, Prepared, Stylization
-from .figures import (KEEP_COLOUR, MATCH_COLOUR, image_title, label_cells, new_figure, outline, reference_name, single_axes,
-                      style_region_axis)
+from .figures import (KEEP_COLOUR, MATCH_COLOUR, image_title, label_cells, new_figure, outline, plural, reference_name,
+                      single_axes, style_region_axis)
 from .match_plots import match_circles, match_matrix, match_parts, matched_pairs
 from .pictures import heat_picture, image_names, overlay_array, region_palette, to_numpy, upsample_labels
 
@@ -48,7 +48,7 @@ def region_overlay(image, labels, alpha: float = 0.5, ax: Axes | None = None, le
         palette = region_palette(n) / 255.0
         handles = [Patch(facecolor=palette[r], edgecolor="none", label=f"region {r} ({share[r]:.0%})") for r in range(n)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
-                  title=f"{n} regions")
+                  title=plural(n, "region"))
     return fig
 
 
@@ -206,7 +206,7 @@ def loss_curves(history: list[dict], ax: Axes | None = None) -> Figure:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, fontsize=8)
     first, last = history[0].get("timestep"), history[-1].get("timestep")
     if first is not None:
-        ax.set_title(f"{len(history)} steps, timestep {first} -> {last}", fontsize=10)
+        ax.set_title(f"{plural(len(history), 'step')}, timestep {first} -> {last}", fontsize=10)
     return fig
 
 
@@ -214,7 +214,7 @@ def before_after(prepared: Prepared, stylization: Stylization) -> Figure:
     """A strip: content | result | each reference."""
     panels = [(prepared.pixels[0], image_title(prepared, 0))]
     note = ", stopped early" if stylization.stopped_early else ""
-    panels.append((stylization.pixels, f"result ({len(stylization.history)} steps{note})"))
+    panels.append((stylization.pixels, f"result ({plural(len(stylization.history), 'step')}{note})"))
     panels += [(prepared.pixels[i], image_title(prepared, i)) for i in range(1, len(prepared.names))]
     fig, axes = new_figure((3.2 * len(panels), 3.5), 1, len(panels))
     for ax, (pixels, title) in zip(axes[0], panels):

@@ -1,7 +1,7 @@
 """Which models a name means: the one place where model names are resolved.
 
 ``None`` is the default model (SD 1.5 from the Hub, with DINOv2 and Depth Anything); when it cannot be loaded (no
-network and no local copy) it falls back, and says so, to the random-weight test models. The test models' names
+network and no local copy) it falls back, and says so in one line, to the random-weight test models. The test models' names
 (``tiny``, ``sd15``, ``tiny-sd2``, ``tiny-sdxl``, ``sdxl``: :data:`stylegallery.testing.ARCHITECTURES`) mean their
 cached folders, built on first use; a folder written by ``stylegallery make-test-model`` brings its own random
 DINOv2, depth model and LoRA beside it. Any other name is a diffusers folder, a Hub id or a single-file checkpoint.
@@ -9,7 +9,6 @@ DINOv2, depth model and LoRA beside it. Any other name is a diffusers folder, a 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +51,9 @@ def load_named_backbone(model: str | None, config: str | None, device: torch.dev
         try:
             return Resolved(load_backbone(DEFAULT_MODEL, device, dtype, config=config), None)
         except ModelUnavailable as exc:
-            warnings.warn(
-                f"{exc}. Falling back to the tiny random-weight test models: the pictures show the "
-                "mechanics of StyleGallery, not real stylization. Connect to the internet or pass a local "
-                "Stable Diffusion 1.5 folder for real results.",
-                stacklevel=3,
-            )
+            print(f"StyleGallery: {str(exc).rstrip('.')}. Using the tiny random-weight test models instead: their "
+                  "pictures show how StyleGallery works, not real stylization (connect to the internet, or pass a "
+                  "local Stable Diffusion 1.5 folder, for real results).")
             return _test_backbone(None, cached_test_models("tiny"), config, device, dtype)
     backbone = load_backbone(model, device, dtype, config=config)
     folder = Path(config if config is not None else model)

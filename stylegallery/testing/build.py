@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..progress import quiet_progress
 from .configs import SD15_SCHEDULER, TINY_TEXT, TINY_TEXT_2, dinov2_config, unet_config, vae_config, vocabulary
 from .single_file import save_single_file
 from .weights import RESIDUAL_SCALE, brightness_depth, colour_vae, damp_residual_branches, pointwise_unet
@@ -199,15 +200,16 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
     torch.manual_seed(seed)
     staging = _new_folder(folder, ".building-")
     try:
-        _build_sd(staging / "sd", arch)
-        _build_dinov2(staging / "dinov2")
-        _build_depth(staging / "depth")
-        _build_lora(staging / "lora", staging / "sd" / "unet")
-        (staging / "sd" / TEST_MODEL_MARKER).write_text(
-            json.dumps({"arch": arch, "version": TEST_MODEL_VERSION, "seed": seed})
-        )
-        if single_file:
-            save_single_file(staging / "sd", staging / "sd.safetensors")
+        with quiet_progress():  # transformers' "Writing model shards" bars, one per model
+            _build_sd(staging / "sd", arch)
+            _build_dinov2(staging / "dinov2")
+            _build_depth(staging / "depth")
+            _build_lora(staging / "lora", staging / "sd" / "unet")
+            (staging / "sd" / TEST_MODEL_MARKER).write_text(
+                json.dumps({"arch": arch, "version": TEST_MODEL_VERSION, "seed": seed})
+            )
+            if single_file:
+                save_single_file(staging / "sd", staging / "sd.safetensors")
         for part in parts:
             os.replace(staging / part, folder / part)
     finally:

@@ -246,7 +246,6 @@ def _run_job(pipe, job: Job, settings: dict, folder: Path, info: dict, progress:
     misses = pipe.inversion_cache.misses
     start = time.perf_counter()
     out = pipe(job.content, job.styles, preset=preset, progress=progress, **run)
-    seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {"result.png": out.image}
     names = ["content"] + [f"style{j + 1}" for j in range(len(job.styles))]
@@ -256,6 +255,7 @@ def _run_job(pipe, job: Job, settings: dict, folder: Path, info: dict, progress:
         write_atomic(folder / name, lambda tmp, image=image: image.save(tmp, format="PNG"))
         digests[name] = _sha256(folder / name)
     report = run_report(pipe, out, settings)
+    seconds = time.perf_counter() - start  # the whole job, as its progress bar counts it: stages, scores and files
     report["batch"] = dict(info, row=job.row, content_path=job.content, style_paths=job.styles, seconds=round(seconds, 3),
                            inversions=pipe.inversion_cache.misses - misses, outputs=digests)
     _write_json(folder / "report.json", report)

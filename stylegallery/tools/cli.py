@@ -257,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # library chatter; our own notices below are shown
-        warnings.filterwarnings("always", message=".*Falling back to the tiny")
-        warnings.showwarning = lambda message, *a, **k: print(f"stylegallery: warning: {message}", file=sys.stderr)
+        warnings.simplefilter("ignore")  # library chatter; our own notices are lines of their own
         return _main(args, argv)
 
 

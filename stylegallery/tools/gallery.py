@@ -1,7 +1,7 @@
 """The contact sheet of a batch run: one self-contained HTML file (content | references | result per row).
 
 Pictures are embedded as JPEG data (no file next to it is needed: the page can be mailed or opened anywhere);
-hovering a picture shows its region map over it. :class:`Gallery` shows the same sheet in a notebook
+hovering a picture shows its region map over it, with a legend of the region colours. :class:`Gallery` shows the same sheet in a notebook
 (``display(Gallery(outdir))``) without importing Jupyter.
 """
 
@@ -33,6 +33,11 @@ STYLE = """
 .sg-gal .sg-gal-frame img.sg-gal-regions { position: absolute; left: 0; top: 0; width: 100%%; height: 100%%;
   max-width: none; max-height: none; opacity: 0; transition: opacity 0.15s; image-rendering: pixelated; }
 .sg-gal .sg-gal-frame:hover img.sg-gal-regions { opacity: 0.6; }
+.sg-gal .sg-gal-legend { position: absolute; left: 0; bottom: 0; line-height: 1.2; font-size: 10px; color: #fff;
+  background: rgba(0, 0, 0, 0.55); padding: 1px 3px; opacity: 0; transition: opacity 0.15s; }
+.sg-gal .sg-gal-frame:hover .sg-gal-legend { opacity: 1; }
+.sg-gal .sg-gal-chip { display: inline-block; min-width: 10px; padding: 0 2px; margin-left: 2px; text-align: center;
+  border-radius: 2px; text-shadow: 0 0 2px #000; }
 .sg-gal .sg-gal-name { font-size: 11px; color: #666; max-width: %(t)dpx; overflow-wrap: anywhere; }
 .sg-gal .sg-gal-failed { color: #b00020; }
 .sg-gal .sg-gal-meta { font-size: 11px; color: #555; }
@@ -58,9 +63,10 @@ def _jpeg(path: Path, size: int = THUMB) -> str | None:
     return _data_url(image, "JPEG")
 
 
-def _regions(path: Path) -> str | None:
-    """A data URL of a region map (``region_png``'s grey levels) in the region colours of the other pictures."""
-    from ..analysis.plot import region_palette
+def _regions(path: Path) -> tuple[str, np.ndarray] | None:
+    """A data URL of a region map (``region_png``'s grey levels) in the region colours of the other pictures, and
+    those colours (one per region, in region order); None when it cannot be read."""
+    from ..analysis.pictures import region_palette
 
     try:
         with Image.open(path) as image:
@@ -68,7 +74,16 @@ def _regions(path: Path) -> str | None:
     except (OSError, ValueError):
         return None
     levels = np.unique(grey)
-    return _data_url(Image.fromarray(region_palette(len(levels))[np.searchsorted(levels, grey)]), "PNG")
+    palette = region_palette(len(levels))
+    return _data_url(Image.fromarray(palette[np.searchsorted(levels, grey)]), "PNG"), palette
+
+
+def _legend(palette: np.ndarray) -> str:
+    """The region colours as numbered chips, shown with the regions (on hover)."""
+    chips = "".join(f'<span class="sg-gal-chip" style="background:#%02x%02x%02x">{r}</span>' % tuple(int(v) for v in c)
+                    for r, c in enumerate(palette))
+    return f'<div class="sg-gal-legend">regions: {chips}</div>'
+
 
 
 def _picture(image: Path, regions: Path | None, caption: str, alt: str) -> str:
@@ -76,11 +91,11 @@ def _picture(image: Path, regions: Path | None, caption: str, alt: str) -> str:
     if src is None:
         return f'<div class="sg-gal-pic sg-gal-failed">{html.escape(caption)}: unreadable</div>'
     overlay = _regions(regions) if regions is not None and regions.is_file() else None
-    hover = (f'<img class="sg-gal-regions" src="{overlay}" alt="regions of {html.escape(alt)}" '
+    hover = (f'<img class="sg-gal-regions" src="{overlay[0]}" alt="regions of {html.escape(alt)}" '
              f'title="regions (hover)">' if overlay else "")
     return (f'<div class="sg-gal-pic"><div class="sg-gal-frame"><img class="sg-gal-image" src="{src}" '
-            f'alt="{html.escape(alt)}" title="{html.escape(caption)}">{hover}</div>'
-            f'<div class="sg-gal-name">{html.escape(caption)}</div></div>')
+            f'alt="{html.escape(alt)}" title="{html.escape(caption)}">{hover}{_legend(overlay[1]) if overlay else ""}'
+            f'</div><div class="sg-gal-name">{html.escape(caption)}</div></div>')
 
 
 def _row(job, name: str, folder: Path, report: dict | None) -> str:
