@@ -1,5 +1,5 @@
 """The stages' progress bars: ``tqdm.auto``'s, except that a notebook bar closed with ``leave=False`` leaves no output;
-and :func:`quiet_progress`, which silences other libraries' bars where ours say enough.
+and :func:`quiet_loading`, which silences other libraries' bars and notices while models load.
 
 tqdm closes such a bar's widget, but the cell keeps the output that displayed it: once the notebook is saved and
 reopened, that output reads "Error displaying widget: model not found". Here the bar is displayed under a
@@ -42,17 +42,24 @@ else:
 
 
 @contextlib.contextmanager
-def quiet_progress():
-    """No progress bars of transformers or diffusers (loading or writing weights) in the block: they take a
-    fraction of a second, and a notebook shows one bar each. Downloads from the Hub keep theirs."""
+def quiet_loading():
+    """No progress bars and no notices of transformers or diffusers in the block (loading or writing weights): a
+    notebook would show a bar for each model and a red box for each notice. Downloads from the Hub keep their bars;
+    errors still show."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    libraries = [lib for lib in (transformers_logging, diffusers_logging) if lib.is_progress_bar_enabled()]
+    libraries = (transformers_logging, diffusers_logging)
+    bars = [lib for lib in libraries if lib.is_progress_bar_enabled()]
+    verbosity = [lib.get_verbosity() for lib in libraries]
     for library in libraries:
+        library.set_verbosity_error()
+    for library in bars:
         library.disable_progress_bar()
     try:
         yield
     finally:
-        for library in libraries:
+        for library in bars:
             library.enable_progress_bar()
+        for library, level in zip(libraries, verbosity):
+            library.set_verbosity(level)

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import StyleGalleryError, first_line
-from ..progress import quiet_progress
+from ..progress import quiet_loading
 
 
 class ModelUnavailable(StyleGalleryError):
@@ -43,7 +43,7 @@ def load_model(kind: str, name: str, loader):
     errors = (OSError, ValueError, KeyError, json.JSONDecodeError)
     where = "in the folder" if looks_local else "on the Hugging Face Hub or in the local cache"
     try:
-        with warnings.catch_warnings(), quiet_progress():
+        with warnings.catch_warnings(), quiet_loading():
             warnings.simplefilter("ignore")
             if looks_local:
                 return loader(str(local), False)

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import StyleGalleryError, first_line
 from .families import BASE_MODELS, SUPPORTED
-from ..progress import quiet_progress
+from ..progress import quiet_loading
 from .hub import ModelUnavailable, hub_is_offline, hub_reachable, load_model
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -101,7 +101,7 @@ def _with_looked_up_configs(path: Path, loader, base: str):
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # not its 'attempting to download' when the Hub is out of reach
     try:
-        with warnings.catch_warnings(), quiet_progress():
+        with warnings.catch_warnings(), quiet_loading():
             warnings.simplefilter("ignore")
             return loader(None, hub_is_offline() or not hub_reachable())
     except StyleGalleryError:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..progress import quiet_progress
+from ..progress import quiet_loading
 from .configs import SD15_SCHEDULER, TINY_TEXT, TINY_TEXT_2, dinov2_config, unet_config, vae_config, vocabulary
 from .single_file import save_single_file
 from .weights import RESIDUAL_SCALE, brightness_depth, colour_vae, damp_residual_branches, pointwise_unet
@@ -200,7 +200,7 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
     torch.manual_seed(seed)
     staging = _new_folder(folder, ".building-")
     try:
-        with quiet_progress():  # transformers' "Writing model shards" bars, one per model
+        with quiet_loading():  # no "Writing model shards" bar per model, no notice per image processor
             _build_sd(staging / "sd", arch)
             _build_dinov2(staging / "dinov2")
             _build_depth(staging / "depth")
