@@ -179,8 +179,8 @@ def test_matched_pairs_colour_each_pair_alike(staged):
 
 
 def test_image_names_are_the_short_file_names():
-    names = ["content_astronaut.jpg", "style_brick.jpg", "my.photo.png", "image", ""]
-    assert plot.image_names(names) == ["astronaut", "brick", "my.photo", "style 3", "style 4"]
+    names = ["content_astronaut.jpg", "style_brick.jpg", "teach_meadow.jpg", "my.photo.png", "image", ""]
+    assert plot.image_names(names) == ["astronaut", "brick", "meadow", "my.photo", "style 4", "style 5"]
     assert plot.image_names(["image", "image"]) == ["content", "style 1"]  # images given in memory
 
 

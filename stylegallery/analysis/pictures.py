@@ -36,11 +36,13 @@ def upsample_labels(labels, size: tuple[int, int]) -> np.ndarray:
 
 def image_names(names: Sequence[str]) -> list[str]:
     """Short names for the images of ``Prepared.names`` (content first): each file name without its extension and
-    a leading ``content_`` or ``style_`` (``style_brick.jpg`` -> ``brick``); ``content`` and ``style 1``, ... for
-    images given in memory."""
+    a leading ``content_``, ``style_`` or ``teach_`` (``style_brick.jpg`` -> ``brick``); ``content`` and ``style 1``,
+    ... for images given in memory."""
     short = []
     for index, name in enumerate(names):
-        stem = "" if name in ("", "image") else name.rsplit(".", 1)[0].removeprefix("content_").removeprefix("style_")
+        stem = "" if name in ("", "image") else name.rsplit(".", 1)[0]
+        for prefix in ("content_", "style_", "teach_"):
+            stem = stem.removeprefix(prefix)
         short.append(stem or ("content" if index == 0 else f"style {index}"))
     return short
 
