@@ -631,3 +631,41 @@ def test_batch_gallery_shows_every_result(chromium, model_dir, tmp_path):
     finally:
         page.close()
     assert not errors, errors
+
+
+def test_the_tutorial_notebooks_open_unmodified(server, page):
+    """Each tutorial notebook, opened and its kernel started, is not marked modified: it is committed in the form the
+    front end saves (the kernel's metadata included). The kernel reports its Python's version, so the check needs
+    the Python the notebooks were saved with."""
+    import platform
+
+    notebooks = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
+    saved_with = json.loads(notebooks[0].read_text())["metadata"]["language_info"].get("version")
+    if saved_with != platform.python_version():
+        pytest.skip(f"the notebooks were saved with Python {saved_with}, this is {platform.python_version()}")
+    for notebook in notebooks:
+        (server["root"] / notebook.name).write_bytes(notebook.read_bytes())
+        page.goto(server["notebook"].replace("widgets.ipynb", notebook.name), wait_until="domcontentloaded")
+        cells = len(json.loads(notebook.read_text())["cells"])
+        # the notebook's own panel (a restored layout may show another one first), its cells loaded, its kernel idle
+        panel = f"""Array.from(window.jupyterapp.shell.widgets('main'))
+            .find(w => w.context && w.context.path.endsWith({json.dumps(notebook.name)}))"""
+        page.wait_for_function(
+            f"""() => {{
+                const panel = window.jupyterapp && {panel};
+                return panel && panel.context.isReady && panel.model.cells.length === {cells}
+                    && panel.sessionContext.session && panel.sessionContext.session.kernel
+                    && panel.sessionContext.session.kernel.status === 'idle';
+            }}""", timeout=60_000)
+        # the kernel's info (its Python's version) has reached the notebook's metadata
+        dirty = page.evaluate(
+            f"""async () => {{
+                const panel = {panel};
+                await panel.sessionContext.session.kernel.info;
+                await new Promise(resolve => setTimeout(resolve, 0));
+                return panel.context.model.dirty;
+            }}""")
+        assert not dirty, notebook.name
+    # the Colab badges link to images on the internet, which a test machine cannot reach
+    ours = [e for e in page.errors if not ("ERR_NAME_NOT_RESOLVED" in e and "colab.research.google.com" in e)]
+    assert not ours, ours

@@ -120,26 +120,37 @@ def test_long_calls_show_their_progress(notebook):
             assert "progress=False" not in cell.source, f"{name} cell {index}"
 
 
-def test_every_exercise_has_a_checked_answer(notebook):
-    """Each numbered exercise is followed by a code cell that answers it and asserts what the learner should find."""
+def test_every_exercise_has_an_answer_cell_and_a_locked_check(notebook):
+    """Each numbered exercise has a code cell that answers it (nbgrader solution: the answer between ``### BEGIN
+    SOLUTION`` and ``### END SOLUTION``, taken out of the student version) followed by a locked nbgrader test cell
+    that asserts what the learner should find."""
     name, nb, _ = notebook
     heading = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Exercises")]
     if not heading:
         return
     exercises = re.findall(r"^(\d+)\. \*\*", nb.cells[heading[0]].source, flags=re.MULTILINE)
-    answers = [c.source for c in nb.cells[heading[0] + 1 :] if c.cell_type == "code"]
-    assert exercises == [str(n) for n in range(1, len(exercises) + 1)] and len(answers) == len(exercises)
-    for number, answer in zip(exercises, answers):
-        checks = [node for node in ast.walk(ast.parse(answer)) if isinstance(node, ast.Assert)]
-        assert answer.startswith(f"# {number}. ") and checks, f"{name} exercise {number}"
+    code = [c for c in nb.cells[heading[0] + 1 :] if c.cell_type == "code"]
+    assert exercises == [str(n) for n in range(1, len(exercises) + 1)] and len(code) == 2 * len(exercises), name
+    ids = []
+    for number, answer, check in zip(exercises, code[::2], code[1::2]):
+        grading = answer.metadata.get("nbgrader", {}), check.metadata.get("nbgrader", {})
+        assert answer.source.startswith(f"# {number}. ") and grading[0].get("solution") and not grading[0].get("grade")
+        assert answer.source.count("### BEGIN SOLUTION") == answer.source.count("### END SOLUTION") > 0, name
+        asserts = [node for node in ast.walk(ast.parse(check.source)) if isinstance(node, ast.Assert)]
+        assert check.source.startswith(f"# check {number}") and asserts, f"{name} exercise {number}"
+        assert grading[1].get("grade") and grading[1].get("locked") and grading[1].get("points", 0) > 0
+        ids += [grading[0]["grade_id"], grading[1]["grade_id"]]
+    assert len(set(ids)) == len(ids)  # nbgrader needs a grade id of its own for every cell
 
 
 def test_code_cells_are_plain_python(notebook):
-    """No cell magics or shell escapes: each cell parses as Python (IPython helpers go through get_ipython())."""
+    """No cell magics or shell escapes: each cell parses as Python (IPython helpers go through get_ipython()); a cell
+    may ``await`` at its top level, as IPython allows."""
     name, nb, _ = notebook
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             try:
-                ast.parse(cell.source)
+                compile(cell.source, f"{name} cell {index}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                        dont_inherit=True)
             except SyntaxError as exc:  # pragma: no cover - the message names the cell
                 pytest.fail(f"{name} cell {index}: {exc}")
