@@ -26,18 +26,21 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def inversion_key(model: str, image: str, grid: tuple[int, int], steps: int, weights: list[float]) -> str:
-    """The key of one image's inversion: what it depends on (model fingerprint, image hash, latent grid, steps and
-    the features' temporal weights)."""
-    return cache_key(kind="inversion", model=model, image=image, grid=grid, steps=steps, weights=weights)
+def inversion_key(model: str, image: str, grid: tuple[int, int], steps: int, weights: list[float],
+                  dtype: torch.dtype, vae_dtype: torch.dtype) -> str:
+    """The key of one image's inversion: what it depends on (model fingerprint, image hash, latent grid, steps, the
+    features' temporal weights, and the dtypes the UNet and the VAE ran in)."""
+    return cache_key(kind="inversion", model=model, image=image, grid=grid, steps=steps, weights=weights,
+                     dtype=str(dtype), vae_dtype=str(vae_dtype))
 
 
 def attention_key(model: str, image: str, grid: tuple[int, int], t: int, layers: list[int], role: str,
-                  dtype: torch.dtype, precision: torch.dtype) -> str:
+                  dtype: torch.dtype, vae_dtype: torch.dtype, precision: torch.dtype) -> str:
     """The key of one image's attention features at timestep ``t`` (the content's queries, or a reference's keys
-    and values, by ``role``): the stylize model (with its LoRA), image, grid, timestep, layers, dtypes."""
+    and values, by ``role``): the stylize model (with its LoRA), image, grid, timestep, layers, dtypes (the UNet's,
+    the VAE's that made the latent, and the stored features')."""
     return cache_key(kind="attention", model=model, image=image, grid=grid, t=int(t), layers=layers, role=role,
-                     dtype=str(dtype), precision=str(precision))
+                     dtype=str(dtype), vae_dtype=str(vae_dtype), precision=str(precision))
 
 
 def _size(n: int) -> str:

@@ -30,7 +30,7 @@ from .models.hub import load_model
 from .models.lora import FusedLora, LoraLoaderMixin
 from .models.single_file import is_single_file
 from .models.sources import extra_model, load_named_backbone
-from .models.vae import decode as vae_decode, encode as vae_encode
+from .models.vae import decode as vae_decode, encode as vae_encode, upcast
 from .progress import tqdm
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 from .settings import STAGE_SETTINGS, STAGES, Values, check_settings, split_by_stage
@@ -204,7 +204,7 @@ class StyleGallery(LoraLoaderMixin):
         loaded = [load_image(content)] + [load_image(style) for style in styles]
         images = [fit_to_size(img, hw, s.keep_aspect) for img, _, _ in loaded]
         pixels = torch.stack([torch.from_numpy(np.array(img)).permute(2, 0, 1) for img in images])
-        latents = vae_encode(self.vae, pixels, self.device, self.dtype)
+        latents = vae_encode(self.vae, pixels, self.device)
         return Prepared([n for _, n, _ in loaded], [h for _, _, h in loaded], pixels, latents, self.backbone.fingerprint)
 
     # ------------------------------------------------------------------ stage 1b
@@ -218,7 +218,8 @@ class StyleGallery(LoraLoaderMixin):
         self._check_model(prepared)
         weights = temporal_weights(s.inversion_steps, s.weight_steepness, s.weight_midpoint)
         grid = tuple(prepared.latents.shape[-2:])
-        keys = [inversion_key(self.backbone.fingerprint, h, grid, s.inversion_steps, weights.tolist())
+        keys = [inversion_key(self.backbone.fingerprint, h, grid, s.inversion_steps, weights.tolist(), self.dtype,
+                              self.vae.dtype)
                 for h in prepared.hashes]
         self.inversion_cache.start_run()
         found = [self.inversion_cache.get(k) for k in keys]
@@ -302,7 +303,7 @@ class StyleGallery(LoraLoaderMixin):
         """Content queries and style keys/values of the loss layers at timestep ``t``, cached per image."""
         grid = tuple(prepared.latents.shape[-2:])
         roles = ["content"] + ["style"] * prepared.n_styles
-        keys = [attention_key(self.stylize_model, h, grid, t, layers, role, self.dtype, precision)
+        keys = [attention_key(self.stylize_model, h, grid, t, layers, role, self.dtype, self.vae.dtype, precision)
                 for h, role in zip(prepared.hashes, roles)]
         entries = [self.feature_cache.get(k, self.device, self.dtype) for k in keys]
         missing = [i for i, e in enumerate(entries) if e is None]
@@ -383,14 +384,15 @@ class StyleGallery(LoraLoaderMixin):
     # ------------------------------------------------------------------ pictures
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """VAE-decode a latent (1, 4, h, w) to uint8 pixels (3, H, W)."""
-        return vae_decode(self.vae, latent, self.device, self.dtype)
+        return vae_decode(self.vae, latent, self.device)
 
     def load_tiny_vae(self, name: str = DEFAULT_TINY_VAE):
         """Load diffusers' ``AutoencoderTiny`` (Hub id or folder) for ``preview="tiny-vae"`` previews."""
         from diffusers import AutoencoderTiny
 
-        model = load_model("preview", name, lambda p, local: AutoencoderTiny.from_pretrained(p, local_files_only=local))
-        self._tiny_vae = model.requires_grad_(False).eval().to(self.device, self.dtype)
+        model = load_model("preview", name, lambda p, local: AutoencoderTiny.from_pretrained(
+            p, local_files_only=local, torch_dtype=self.dtype))
+        self._tiny_vae = upcast(model.requires_grad_(False).eval().to(self.device), self.dtype)
         return self._tiny_vae
 
     def preview(self, latent: torch.Tensor, kind: str = "linear") -> Image.Image:

@@ -14,6 +14,7 @@ from ..errors import StyleGalleryError
 from .families import added_conditions, check_pipeline_folder, family_of
 from .hub import load_model
 from .single_file import is_single_file, load_single_file
+from .vae import upcast
 
 
 @dataclass
@@ -65,7 +66,7 @@ def load_backbone(name: str, device: torch.device, dtype: torch.dtype, config: s
     family = family_of(dict(unet.config))
     embedding, pooled = _empty_prompt(encoders, family)
     unet.requires_grad_(False).eval().to(device)
-    vae.requires_grad_(False).eval().to(device)
+    upcast(vae.requires_grad_(False).eval().to(device), dtype)  # float32 where its config asks
     return Backbone(unet, vae, scheduler, embedding.to(device, dtype), name, fingerprint(unet, vae, name=name), family,
                     None if pooled is None else pooled.to(device, dtype))
 
