@@ -1,5 +1,6 @@
 """StyleGallery: training-free, semantic-aware style transfer on Stable Diffusion, stage by stage."""
 
+from . import threads  # first: OpenMP's wait policy must be set before torch loads (see stylegallery.threads)
 from .cache import TensorCache
 from .errors import StyleGalleryError
 from .pipeline import STAGES, StepInfo, StyleGallery, StyleGalleryOutput

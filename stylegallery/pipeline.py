@@ -43,7 +43,7 @@ from .stages.style_loss import content_loss_per_region, region_plan
 from .stages.stylize import (
     StepInfo, normalized_start, optimization_timesteps, optimize_latent, start_index, style_transfer_loss,
 )
-from .threads import spare_core_threads, torch_threads
+from .threads import AUTO, check_cpu_threads, stage_ended, stage_threads, torch_threads
 
 __all__ = ["STAGES", "StepInfo", "StyleGallery", "StyleGalleryOutput"]
 
@@ -64,8 +64,9 @@ class StyleGalleryOutput:
 def _stage(name: str):
     """Make a method stage ``name``: its keyword parameters, defaults, checks and the settings part of its docstring
     come from :data:`~stylegallery.settings.STAGE_SETTINGS` (the method receives them resolved, as its last
-    argument). On a CPU it runs with ``self.cpu_threads`` torch threads (torch's own setting is restored after);
-    then models under CPU offload go back to the CPU (see ``enable_model_cpu_offload``)."""
+    argument). On a CPU it runs with the torch threads ``self.cpu_threads`` gives (see
+    :func:`stylegallery.threads.stage_threads`; torch's own setting is restored after); then models under CPU
+    offload go back to the CPU (see ``enable_model_cpu_offload``)."""
     declared = STAGE_SETTINGS[name]
 
     def decorate(method):
@@ -78,9 +79,10 @@ def _stage(name: str):
                                 f"keyword settings; {len(args)} were given")
             settings = declared.resolve(given)
             try:
-                with torch_threads(self.cpu_threads if self.device.type == "cpu" else None):
+                with torch_threads(stage_threads(self.cpu_threads) if self.device.type == "cpu" else None):
                     return method(self, *args, settings)
             finally:
+                stage_ended()
                 for hook in self._offload_hooks:
                     hook.offload()
 
@@ -110,10 +112,7 @@ class StyleGallery(LoraLoaderMixin):
         self.feature_cache = cache if cache is not None else TensorCache()
         self.inversion_cache = TensorCache(max_bytes=1 << 30, dtype=torch.float32)
         self.test_models = False
-        # Torch threads for the stages on a CPU (None: torch's own setting). One core is left free: with a thread
-        # on every core, each parallel region waits whenever another process (a browser, a Jupyter server, a test
-        # run) takes a core, and stylize steps got 3 to 5 times slower on a 2-core machine.
-        self.cpu_threads: int | None = spare_core_threads()
+        self.cpu_threads = AUTO
         self._offload_hooks: list = []
         self.lora: FusedLora | None = None  # see load_lora_weights
         self._lora_preset: str | None = None  # the preset that loaded self.lora, if one did
@@ -173,6 +172,18 @@ class StyleGallery(LoraLoaderMixin):
             raise StyleGalleryError(f"{path} is not a .safetensors or .ckpt file; load folders and Hub ids with "
                                     "from_pretrained")
         return cls.from_pretrained(str(path), config=config, **kwargs)
+
+    @property
+    def cpu_threads(self) -> int | str | None:
+        """Torch threads for the stages on a CPU. ``"auto"`` (the default): every core when OpenMP's threads wait
+        passively (stylegallery was imported before torch, or ``OMP_WAIT_POLICY=PASSIVE`` was set), else per stage
+        the cores that other processes left free lately; an int: that many; None: torch's own setting."""
+        return self._cpu_threads
+
+    @cpu_threads.setter
+    def cpu_threads(self, value: int | str | None) -> None:
+        check_cpu_threads(value)
+        self._cpu_threads = value
 
     def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> "StyleGallery":
         """Keep the models in CPU memory; each moves to ``device`` when a stage first runs it and back when the

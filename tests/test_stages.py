@@ -250,32 +250,3 @@ def test_stages_save_and_load_without_pickle(pipe, planted_run, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(StyleGalleryError, match="not a readable"):
         Matching.load(tmp_path / "bad.safetensors")
-
-
-def test_stages_on_a_cpu_leave_a_core_free_and_restore_torch_threads(pipe, planted_run, monkeypatch):
-    from stylegallery import threads as policy
-
-    monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert policy.spare_core_threads() == 1  # 2 cores: one thread, the other core stays free
-        torch.set_num_threads(1)
-        assert policy.spare_core_threads() == 1
-        monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-        torch.set_num_threads(16)
-        assert policy.spare_core_threads() == 15
-        torch.set_num_threads(4)
-        assert policy.spare_core_threads() == 4  # a lower setting of the user's stays
-
-        prepared, inversion, _ = planted_run
-        seg = pipe.segment(prepared, inversion, n_clusters=[3, 3, 2], use_depth=False, progress=False)
-        matching = pipe.match(prepared, inversion, seg)
-        for cpu_threads, expected in [(1, 1), (None, 4)]:
-            monkeypatch.setattr(pipe, "cpu_threads", cpu_threads)
-            seen = []
-            pipe.stylize(prepared, inversion, seg, matching, steps=2, progress=False,
-                         callback=lambda info: seen.append(torch.get_num_threads()))
-            assert seen == [expected, expected] and torch.get_num_threads() == 4  # restored after the stage
-    finally:
-        torch.set_num_threads(threads)
