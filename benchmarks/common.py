@@ -117,12 +117,14 @@ class PeakMemory:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_pipe(model: str, device: str = "cpu", dtype: str = "auto"):
-    """The pipeline without DINOv2 / depth (matching then uses its statistical and geometric terms)."""
+def load_pipe(model: str, device: str = "cpu", dtype: str = "auto", low_memory: bool = False):
+    """The pipeline without DINOv2 / depth (matching then uses its statistical and geometric terms), with the
+    low-memory setting only if asked (never chosen from the GPU's free memory)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from stylegallery import StyleGallery
 
-    return StyleGallery.from_pretrained(model, device=device, torch_dtype=dtype, semantic_model=False, depth_model=False)
+    return StyleGallery.from_pretrained(model, device=device, torch_dtype=dtype, semantic_model=False, depth_model=False,
+                                        low_memory=low_memory)
 
 
 def sync(device) -> None:

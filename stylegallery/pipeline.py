@@ -25,7 +25,7 @@ from .errors import StyleGalleryError
 from .images import check_size, fit_to_size, load_image
 from .models import encoders
 from .models.backbone import Backbone
-from .models.devices import resolve_device, resolve_dtype
+from .models.devices import DeviceChoice, choose_device
 from .models.hub import load_model
 from .models.lora import FusedLora, LoraLoaderMixin
 from .models.single_file import is_single_file
@@ -113,6 +113,8 @@ class StyleGallery(LoraLoaderMixin):
         self.inversion_cache = TensorCache(max_bytes=1 << 30, dtype=torch.float32)
         self.test_models = False
         self.cpu_threads = AUTO
+        self.device_choice = DeviceChoice(self.device, self.dtype, False)  # from_pretrained: what it chose and why
+        self.low_memory = False  # True: stylize always checkpoints gradients (see from_pretrained)
         self._offload_hooks: list = []
         self.lora: FusedLora | None = None  # see load_lora_weights
         self._lora_preset: str | None = None  # the preset that loaded self.lora, if one did
@@ -134,6 +136,7 @@ class StyleGallery(LoraLoaderMixin):
         cache: TensorCache | None = None,
         lora: str | None = None,
         lora_weight_name: str | None = None,
+        low_memory: bool | str = "auto",
     ) -> "StyleGallery":
         """Load the backbone (Hub id, diffusers folder, or single-file ``.safetensors``/``.ckpt`` checkpoint;
         ``tiny``, ``sd15``, ``tiny-sd2``, ``tiny-sdxl``, ``sdxl`` = random-weight test models).
@@ -146,15 +149,27 @@ class StyleGallery(LoraLoaderMixin):
         ``lora``: a LoRA (Hub id, folder or file) for stylize, see :meth:`load_lora_weights`.
         ``config``: for a single-file model, the diffusers folder or Hub id with its configs, tokenizers and
         scheduler (by default diffusers picks the base model from the file's weights), see :meth:`from_single_file`.
+
+        ``device``, ``torch_dtype`` and ``low_memory`` (on: :meth:`enable_model_cpu_offload` on a GPU and gradient
+        checkpointing in stylize) are chosen from the device found where they are ``"auto"``: float16 on CUDA, and
+        low memory under 16 GiB free (:func:`~stylegallery.models.devices.choose_device`); on a GPU one printed line
+        says what was chosen (``pipe.device_choice``).
         """
-        device = resolve_device(device)
-        resolved = load_named_backbone(model, config, device, resolve_dtype(torch_dtype, device))
+        chosen = "auto" in (str(device), str(torch_dtype), str(low_memory))
+        choice = choose_device(device, torch_dtype, low_memory)
+        device = choice.device
+        resolved = load_named_backbone(model, config, device, choice.dtype)
         semantic = extra_model("semantic", semantic_model, resolved.companions)
         depth = extra_model("depth", depth_model, resolved.companions)
         pipe = cls(resolved.backbone, None if semantic is None else encoders.load_semantic(semantic, device),
                    None if depth is None else encoders.load_depth(depth, device), cache=cache)
         pipe.test_models = resolved.test_models
         pipe._companions = resolved.companions  # the presets of test models use their random LoRA
+        pipe.device_choice, pipe.low_memory = choice, choice.low_memory
+        if choice.low_memory and device.type != "cpu":
+            pipe.enable_model_cpu_offload(device)
+        if chosen and device.type != "cpu":
+            print(choice)
         if lora is not None:
             pipe.load_lora_weights(lora, weight_name=lora_weight_name)
         return pipe
@@ -370,7 +385,7 @@ class StyleGallery(LoraLoaderMixin):
                                                            self.device)),
             n_regions, c_ratio=s.c_ratio, query_scale=s.query_scale, region_attention=s.region_attention)
         self.feature_cache.start_run()
-        with self._training(s.gradient_checkpointing):
+        with self._training(s.gradient_checkpointing or self.low_memory):
             run = optimize_latent(z, timesteps, loss_at, lr=s.lr, iters=s.iters, start=start, callback=s.callback,
                                   preview=lambda latent: self.preview(latent, s.preview),
                                   preview_every=s.preview_every, progress=s.progress)

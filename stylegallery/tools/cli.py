@@ -72,7 +72,8 @@ def _add_model_options(parser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     parser.add_argument("--low-memory", action="store_true",
-                        help="gradient checkpointing, and on a GPU each model only on it while its stage runs (slower)")
+                        help="gradient checkpointing, and on a GPU each model only on it while its stage runs (slower; "
+                        "default: on for a CUDA GPU with under 16 GiB free)")
 
 
 def _add_settings(parser) -> None:
@@ -94,7 +95,7 @@ def _add_settings(parser) -> None:
 def _load_pipe(args, device: str | None = None):
     from ..pipeline import StyleGallery
 
-    pipe = StyleGallery.from_pretrained(
+    return StyleGallery.from_pretrained(
         args.model,
         config=args.model_config,
         semantic_model=False if args.no_semantic else args.semantic_model,
@@ -103,10 +104,8 @@ def _load_pipe(args, device: str | None = None):
         torch_dtype=args.dtype,
         lora=args.lora,
         lora_weight_name=args.lora_weight_name,
+        low_memory=True if args.low_memory else "auto",
     )
-    if args.low_memory and pipe.device.type != "cpu":
-        pipe.enable_model_cpu_offload(pipe.device)
-    return pipe
 
 
 def _outputs(args) -> list[Path]:
