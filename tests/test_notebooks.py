@@ -79,7 +79,7 @@ def test_parameters_cell_is_the_same_everywhere_and_feeds_the_pipeline(notebook)
     first = nbformat.read(str(NOTEBOOKS / f"{NAMES[0]}.ipynb"), as_version=4)
     assert cell.source == _parameters(first).source
     later = "\n".join(c.source for c in nb.cells[nb.cells.index(cell) + 1 :] if c.cell_type == "code")
-    assert "StyleGallery.from_pretrained(MODEL, device=DEVICE)" in later
+    assert "StyleGallery.from_pretrained(MODEL, device=DEVICE, torch_dtype=DTYPE, low_memory=LOW_MEMORY)" in later
 
 
 @pytest.mark.parametrize(
@@ -104,6 +104,7 @@ def test_parameters_cell_picks_quick_settings_without_a_gpu(monkeypatch, cuda, e
     with contextlib.redirect_stdout(printed):
         exec(_parameters(nb).source, scope)
     assert (scope["MODEL"], scope["SIZE"], scope["STEPS"]) == expected
+    assert (scope["DTYPE"], scope["LOW_MEMORY"]) == ("auto", "auto")  # from_pretrained chooses from the device
     assert (scope["INVERSION_STEPS"], scope["MAX_CLUSTERS"], scope["DEVICE"]) == (15, 10, "auto")
     lines = printed.getvalue().splitlines()
     if expected[1:] == (512, 150):
