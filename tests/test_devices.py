@@ -102,9 +102,10 @@ def test_the_gpu_check_runs_in_its_no_cuda_mode(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the check would measure, which takes minutes")
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-    proc = subprocess.run([sys.executable, str(script), "--budget-s", "420", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, str(script), "--budget-s", "3000", "--out", str(tmp_path),
                            "--items", "environment,build,default-run,sdxl-plain"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=3600)  # budgets no load reaches: this is
+    # about the no-CUDA mode, not about time
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no CUDA GPU found" in proc.stdout
     (jsonl,) = tmp_path.glob("gpu-check-*.jsonl")
