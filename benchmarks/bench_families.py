@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    CONTENT, STYLES, PeakMemory, benchmark_parser, load_average, load_pipe, machine, median, run_benchmark, run_worker,
+    PeakMemory, benchmark_parser, load_average, machine, median, run_benchmark, run_worker, worker_stages,
 )
 
 SCRIPT = Path(__file__).resolve()
@@ -47,15 +47,7 @@ def _clock(device) -> float:
 def worker(args) -> dict:
     from stylegallery.stages.attention import self_attention_names
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pipe = load_pipe(args.model, args.device, args.dtype)
-    if args.threads:
-        pipe.cpu_threads = args.threads
-    prepared = pipe.prepare(CONTENT, STYLES[: args.refs], size=args.size)
-    inversion = pipe.invert(prepared, inversion_steps=2, progress=False)
-    segmentation = pipe.segment(prepared, inversion, n_clusters=args.regions or None, progress=False)
-    matching = pipe.match(prepared, inversion, segmentation)
+    pipe, (prepared, inversion, segmentation, matching) = worker_stages(args)
     names = self_attention_names(pipe.unet)
     decoder = sorted({int(names[i].split(".")[1]) for i in pipe.recorder.layers})
     every = [i for i, n in enumerate(names) if n.startswith("up_blocks.") and int(n.split(".")[1]) in decoder]

@@ -127,6 +127,21 @@ def load_pipe(model: str, device: str = "cpu", dtype: str = "auto", low_memory: 
                                         low_memory=low_memory)
 
 
+def worker_stages(args):
+    """A worker's pipeline (``args``: model, device, dtype, threads) and the sample content with ``args.refs``
+    references at ``args.size``, run up to match (2 inversion steps, ``args.regions`` content regions):
+    ``(pipe, (prepared, inversion, segmentation, matching))``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipe(args.model, args.device, args.dtype)
+    if args.threads:
+        pipe.cpu_threads = args.threads
+    prepared = pipe.prepare(CONTENT, STYLES[: args.refs], size=args.size)
+    inversion = pipe.invert(prepared, inversion_steps=2, progress=False)
+    segmentation = pipe.segment(prepared, inversion, n_clusters=args.regions or None, progress=False)
+    return pipe, (prepared, inversion, segmentation, pipe.match(prepared, inversion, segmentation))
+
+
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

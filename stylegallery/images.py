@@ -101,6 +101,27 @@ def fit_to_size(image: Image.Image, size: tuple[int, int], keep_aspect: bool = F
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+def resized(pixels, size: tuple[int, int]):
+    """uint8 pixels (3, H, W) resized (bicubic) to ``size`` = (height, width), as a tensor like them."""
+    import torch
+
+    image = Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+def own_size(image: Image.Image, size: tuple[int, int], keep_aspect: bool = False) -> Image.Image:
+    """The image at its own resolution, as :func:`fit_to_size` frames it at ``size`` = (height, width): whole, or
+    with ``keep_aspect`` centre-cropped to that aspect."""
+    if not keep_aspect:
+        return image
+    height, width = size
+    if image.width * height > width * image.height:  # wider than the target: crop the sides
+        crop = (max(1, round(image.height * width / height)), image.height)
+    else:
+        crop = (image.width, max(1, round(image.width * height / width)))
+    return ImageOps.fit(image, crop, method=Image.Resampling.BICUBIC)
+
+
 def rgb_array(image) -> np.ndarray:
     """An image as an (H, W, 3) uint8 array: a PIL image, a file path, or an (H, W, 3), (H, W, 1), (H, W), (3, H, W)
     or (1, H, W) array or tensor (uint8, or floats: in 0..1 when their maximum is at most 1, else 0..255)."""

@@ -8,6 +8,7 @@ defaults and checks are declared in :mod:`stylegallery.settings`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -22,15 +23,15 @@ from .analysis.metrics import RegionScores, region_scores
 from .analysis.preview import DEFAULT_TINY_VAE, linear_preview, tiny_vae_preview
 from .cache import TensorCache, attention_key, inversion_key
 from .errors import StyleGalleryError
-from .images import check_size, fit_to_size, load_image
+from .images import check_size, fit_to_size, load_image, own_size, resized
 from .models import encoders
 from .models.backbone import Backbone
-from .models.devices import DeviceChoice, choose_device
+from .models.devices import DeviceChoice, choose_device, free_memory
 from .models.hub import load_model
 from .models.lora import FusedLora, LoraLoaderMixin
 from .models.single_file import is_single_file
 from .models.sources import extra_model, load_named_backbone
-from .models.vae import decode as vae_decode, encode as vae_encode, upcast
+from .models.vae import decode as vae_decode, encode as vae_encode, tiled, upcast
 from .progress import tqdm
 from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 from .settings import STAGE_SETTINGS, STAGES, Values, check_settings, split_by_stage
@@ -41,7 +42,11 @@ from .stages.matching import score_matrices
 from .stages.segmentation import mask_to_grid, segment_features
 from .stages.style_loss import content_loss_per_region, region_plan
 from .stages.stylize import (
-    StepInfo, normalized_start, optimization_timesteps, optimize_latent, start_index, style_transfer_loss,
+    REFINE_FRACTION, StepInfo, normalized_start, optimization_timesteps, optimize_latent, start_index,
+    style_transfer_loss,
+)
+from .stages.windows import (
+    WindowedAdam, WindowPlan, output_pixels, refine_memory, window_cells, window_plan, windowed_loss,
 )
 from .threads import AUTO, check_cpu_threads, stage_ended, stage_threads, torch_threads
 
@@ -231,7 +236,9 @@ class StyleGallery(LoraLoaderMixin):
         images = [fit_to_size(img, hw, s.keep_aspect) for img, _, _ in loaded]
         pixels = torch.stack([torch.from_numpy(np.array(img)).permute(2, 0, 1) for img in images])
         latents = vae_encode(self.vae, pixels, self.device)
-        return Prepared([n for _, n, _ in loaded], [h for _, _, h in loaded], pixels, latents, self.backbone.fingerprint)
+        original = own_size(loaded[0][0], hw, s.keep_aspect)
+        return Prepared([n for _, n, _ in loaded], [h for _, _, h in loaded], pixels, latents, self.backbone.fingerprint,
+                        torch.from_numpy(np.array(original)).permute(2, 0, 1))
 
     # ------------------------------------------------------------------ stage 1b
     @_stage("invert")
@@ -370,6 +377,8 @@ class StyleGallery(LoraLoaderMixin):
         n_regions = segmentation.n_regions(0)
         if len(matching.matches) != n_regions:
             raise StyleGalleryError("the matching does not belong to this segmentation: run match again")
+        working_hw = tuple(prepared.pixels.shape[-2:])
+        plan = self._output_plan(working_hw, working_hw if prepared.original is None else prepared.original.shape[-2:], s)
         layers = sorted(self.default_loss_layers if s.loss_layers is None else s.loss_layers)
         timesteps = optimization_timesteps(s.scheduler, self.scheduler, s.steps)
         start = start_index(s.init, s.start_step, tuple(prepared.latents.shape[-2:]), s.steps, s.iters, s.scheduler)
@@ -391,7 +400,130 @@ class StyleGallery(LoraLoaderMixin):
                                   preview_every=s.preview_every, progress=s.progress)
         settings = dict(STAGE_SETTINGS["stylize"].record(s), loss_layers=layers, start_step=start, warm=s.init is not None,
                         model=self.stylize_model, lora=None if self.lora is None else self.lora.info.as_dict())
-        return Stylization(run.latent.cpu(), self.decode(run.latent), run.history, run.stopped, settings)
+        result = Stylization(run.latent.cpu(), self.decode(run.latent), run.history, run.stopped, settings)
+        if plan is None or run.stopped:
+            return result
+        return self._refine_at_output_size(prepared, segmentation, matching, result, plan, layers, timesteps, s)
+
+    @property
+    def native_size(self) -> int:
+        """The side in pixels the UNet was trained at (its config's ``sample_size`` latents times 8): 512 for SD 1.5
+        and SD 2 base, 1024 for SDXL; the default window of ``output_size`` refinements."""
+        return int(self.unet.config.sample_size) * 8
+
+    def window_plan(self, size: tuple[int, int], window: int | None = None, window_stride: int | None = None) -> WindowPlan:
+        """The windows (and their blend weights) over a result of ``size`` = (H, W) pixels: ``window`` px windows
+        (default :attr:`native_size`) every ``window_stride`` px (default 3/4 of the window), the last ones flush
+        with the edges. ``stylegallery.plot.windows`` draws them."""
+        cells, stride = window_cells(self.native_size if window is None else window, window_stride)
+        return window_plan((size[0] // 8, size[1] // 8), cells, stride)
+
+    def _output_plan(self, working_hw, aspect_hw, s: Values) -> WindowPlan | None:
+        """The windows of an ``output_size`` refinement, or None without one; a size the device cannot hold is
+        refused here, before any work, with the memory it needs and the settings that lower it."""
+        if s.output_size is None:
+            given = [n for n in ("window", "window_stride", "refine_steps") if s[n] is not None]
+            if given:
+                raise StyleGalleryError(f"{', '.join(given)} only apply with output_size: set output_size too")
+            return None
+        height, width = output_pixels(s.output_size, tuple(aspect_hw), tuple(working_hw))
+        if s.refine_steps is not None and s.refine_steps > s.steps:
+            raise StyleGalleryError(f"refine_steps ({s.refine_steps}) must be at most steps ({s.steps})")
+        plan = self.window_plan((height, width), s.window, s.window_stride)
+        checkpointing = s.gradient_checkpointing or self.low_memory
+        need = refine_memory(plan, self.unet.config.block_out_channels[0], self.dtype.itemsize, checkpointing)
+        free = free_memory(self.device)
+        if need > free:
+            raise StyleGalleryError(
+                f"output_size {height}x{width} in windows of {plan.window * 8} px needs about {need / 2**30:.1f} GiB but "
+                f"{free / 2**30:.1f} GiB is free on {self.device}: use a smaller window (window=, --window)"
+                + ("" if checkpointing else ", gradient_checkpointing=True (--low-memory)")
+                + " or a smaller output_size")
+        return plan
+
+    def _refine_at_output_size(self, prepared: Prepared, segmentation: Segmentation, matching: Matching,
+                               working: Stylization, plan: WindowPlan, layers: list[int], timesteps: list[int],
+                               s: Values) -> Stylization:
+        """Refine a working-size result at the output size over the last ``refine_steps`` timesteps, under the sum
+        of the energy over the plan's windows (docs/method.md, "Beyond the working size").
+
+        The start is the working result upsampled (pixels, bicubic) and encoded; each window's content loss
+        compares with the content's own queries in that window (the content at the output size, encoded); its style
+        loss targets the references' cached keys and values at the working size; content regions are the working
+        labels upsampled (nearest). The VAE tiles above :data:`~stylegallery.models.vae.MIN_TILE`. With one window
+        over the working grid this is a warm re-run of the working result over those timesteps.
+        """
+        size, grid = plan.pixel_size, plan.grid
+        working_grid = tuple(prepared.latents.shape[-2:])
+        whole = grid == working_grid and len(plan.windows) == 1
+        with tiled(self.vae, size):
+            if grid == working_grid:
+                z, content_latent = working.latent, prepared.latents[:1]
+            else:
+                original = prepared.pixels[0] if prepared.original is None else prepared.original
+                z = vae_encode(self.vae, resized(working.pixels, size)[None], self.device)
+                content_latent = vae_encode(self.vae, resized(original, size)[None], self.device)
+        labels = torch.nn.functional.interpolate(segmentation.labels[:1, None].float(), size=grid,
+                                                 mode="nearest-exact").long()[0, 0]
+        style_labels = list(segmentation.labels[1:])
+        n_regions = segmentation.n_regions(0)
+        embedding = self.backbone.embedding
+
+        def style_tokens(tokens: int, window) -> int:
+            factor = round((window.height * window.width / tokens) ** 0.5)
+            return (working_grid[0] // factor) * (working_grid[1] // factor)
+
+        plans = [functools.lru_cache(lambda tokens, w=w: region_plan(
+            labels[w.slices], style_labels, matching.matches, tokens, self.device, style_tokens=style_tokens(tokens, w)))
+            for w in plan.windows]
+
+        def window_loss_at(t: int, i: int):
+            window = plan.windows[i]
+            conditions = self.backbone.added_conditions(1, (window.height * 8, window.width * 8))
+
+            def features_at(t: int):
+                queries, keys, values = self._attention_features(prepared, t, layers, s.feature_precision)
+                if not whole:  # the content's own queries in this window, rounded as cached ones are
+                    crop = content_latent[(..., *window.slices)].to(self.device, self.dtype)
+                    with torch.no_grad():
+                        records = self.recorder.run(self.unet, crop, t, embedding, keep=("q",),
+                                                    added_cond_kwargs=conditions)
+                    queries = {l: records[l]["q"][0].to(s.feature_precision).to(self.dtype) for l in layers}
+                return queries, keys, values
+
+            return style_transfer_loss(
+                lambda latent, t: self.recorder.run(self.unet, latent.to(self.dtype), t, embedding, keep=("q", "o"),
+                                                    added_cond_kwargs=conditions),
+                features_at, plans[i], n_regions, c_ratio=s.c_ratio, query_scale=s.query_scale,
+                region_attention=s.region_attention)(t)
+
+        refine = s.steps - max(1, round(s.steps * REFINE_FRACTION)) if s.refine_steps is None else s.steps - s.refine_steps
+        bar = tqdm(total=len(plan.windows), desc="windows", disable=not s.progress or len(plan.windows) == 1, leave=False)
+
+        def on_window(i: int) -> None:
+            if i == 0:
+                bar.reset()
+            bar.update(1)
+            if s.window_callback is not None:
+                s.window_callback(i, len(plan.windows))
+
+        self.feature_cache.start_run()
+        try:
+            with self._training(s.gradient_checkpointing or self.low_memory):
+                adam = WindowedAdam(plan, s.lr)
+                run = optimize_latent(z, timesteps, windowed_loss(plan, window_loss_at, adam, on_window), lr=s.lr, iters=s.iters, start=refine, callback=s.callback,
+                                      preview=lambda latent: self.preview(latent, s.preview),
+                                      preview_every=s.preview_every, progress=s.progress, phase="output size",
+                                      optimizer=adam.attach)
+        finally:
+            bar.close()
+        with tiled(self.vae, size):
+            pixels = self.decode(run.latent)
+        settings = dict(working.settings, output={
+            "size": list(size), "windows": len(plan.windows), "window": plan.window * 8, "stride": plan.stride * 8,
+            "refine_start_step": refine, "stopped_early": run.stopped})
+        return dataclasses.replace(working, settings=settings, output_latent=run.latent.cpu(), output_pixels=pixels,
+                                   output_history=run.history)
 
     @contextlib.contextmanager
     def _training(self, gradient_checkpointing: bool):
@@ -534,12 +666,24 @@ class StyleGallery(LoraLoaderMixin):
             timings[stage] = time.perf_counter() - start
             return result
 
+        self._check_output_size(content, by_stage)
         prepared = timed("prepare", content, styles)
         inversion = timed("invert", prepared)
         segmentation = timed("segment", prepared, inversion)
         matching = timed("match", prepared, inversion, segmentation)
         stylization = timed("stylize", prepared, inversion, segmentation, matching)
         return StyleGalleryOutput(stylization.image, prepared, inversion, segmentation, matching, stylization, timings)
+
+    def _check_output_size(self, content, by_stage: dict) -> None:
+        """Before any stage runs: refuse an impossible ``output_size`` (or window settings) for this content."""
+        stylize = STAGE_SETTINGS["stylize"].resolve(by_stage["stylize"])
+        prepare = STAGE_SETTINGS["prepare"].resolve(by_stage["prepare"])
+        working = check_size(prepare.size)
+        aspect = working
+        if stylize.output_size is not None and not prepare.keep_aspect:
+            width, height = load_image(content)[0].size
+            aspect = (height, width)
+        self._output_plan(working, aspect, stylize)
 
     def _conditions(self, prepared: Prepared, batch: int) -> dict | None:
         """The UNet's added conditions (SDXL: pooled embedding, size ids) for ``batch`` images of ``prepared``."""

@@ -102,6 +102,7 @@ class Prepared(_Stage):
     pixels: torch.Tensor  # (N, 3, H, W) uint8
     latents: torch.Tensor  # (N, 4, H/8, W/8) float32, already times the VAE scaling factor
     model: str
+    original: torch.Tensor | None = None  # (3, H0, W0) uint8: the content at its own size (cropped as with keep_aspect)
     stage = "prepare"
 
     @property
@@ -240,10 +241,19 @@ class Stylization(_Stage):
     history: list[dict]
     stopped_early: bool
     settings: dict
+    output_latent: torch.Tensor | None = None  # (1, 4, H/8, W/8): refined at output_size (ours), else None
+    output_pixels: torch.Tensor | None = None  # (3, H, W) uint8 decoded from it
+    output_history: list | None = None  # the refinement's steps, as ``history``
     stage = "stylize"
 
     @property
     def image(self) -> Image.Image:
+        """The result: at the output size where one was asked for, else at the working size."""
+        return Image.fromarray((self.pixels if self.output_pixels is None else self.output_pixels).permute(1, 2, 0).numpy())
+
+    @property
+    def working_image(self) -> Image.Image:
+        """The result of the working-size run (before any refinement at the output size)."""
         return Image.fromarray(self.pixels.permute(1, 2, 0).numpy())
 
     @property

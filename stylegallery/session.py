@@ -125,12 +125,14 @@ class Session:
         return todo
 
     def run(self, until: str = "stylize", *, progress: bool = True, callback=None, on_stage=None,
-            refine: bool = False, start_step: int | None = None, preview_every: int = 0, preview: str = "linear"):
+            refine: bool = False, start_step: int | None = None, preview_every: int = 0, preview: str = "linear",
+            window_callback=None):
         """Run the stale stages up to ``until`` and return its result.
 
         ``refine=True``: a stale stylization continues from :attr:`last_stylization` (warm re-run, see
         :meth:`StyleGallery.stylize`'s ``init`` and ``start_step``) instead of starting over, and one stopped
-        early resumes where it stopped; :attr:`last_run` says which happened. ``callback``, ``preview_every`` and ``preview`` go to stylize;
+        early resumes where it stopped; :attr:`last_run` says which happened. ``callback``, ``preview_every``,
+        ``preview`` and ``window_callback`` (each window of a refinement at ``output_size``) go to stylize;
         ``on_stage(stage, result, seconds)`` is called after each stage that ran.
         """
         for stage in self.pending(until, refine):
@@ -138,7 +140,8 @@ class Session:
             if "progress" in STAGE_SETTINGS[stage]:
                 kwargs["progress"] = progress
             if stage == "stylize":
-                kwargs.update(callback=callback, preview_every=preview_every, preview=preview)
+                kwargs.update(callback=callback, preview_every=preview_every, preview=preview,
+                              window_callback=window_callback)
                 warm = refine and self.last_stylization is not None
                 if warm:
                     kwargs.update(init=self.last_stylization, start_step=start_step)

@@ -68,6 +68,26 @@ def _size(name: str, value) -> None:
     check_size(value)
 
 
+def _output_size(name: str, value) -> None:
+    sides = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if (isinstance(value, (str, bytes, bool)) or not isinstance(sides, (list, tuple)) or len(sides) not in (1, 2)
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 64 for v in sides)):
+        raise StyleGalleryError(f"output_size must be the long side in pixels (an int of at least 64) or (height, "
+                                f"width) (got {value!r}); it is rounded to multiples of 64")
+
+
+def _pixels(multiple: int, low: int) -> Callable[[str, Any], None]:
+    """A check: a whole number of pixels, at least ``low``, a multiple of ``multiple``."""
+
+    def check(name: str, value) -> None:
+        number(low, whole=True)(name, value)
+        if value % multiple:
+            raise StyleGalleryError(f"{name} must be a multiple of {multiple} pixels (got {value}): the UNet works on "
+                                    f"latent pixels of 8 and downsamples them by 8")
+
+    return check
+
+
 def _forced_k(name: str, value) -> None:
     for k in value if isinstance(value, (list, tuple)) else [value]:
         if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
@@ -281,6 +301,19 @@ STAGE_SETTINGS = {
                 "cached or not, so a re-run gives the same image)", _dtype),
         Setting("gradient_checkpointing", False, "bool", "recompute activations in the backward pass: less memory, "
                 "slower", flag),
+        Setting("output_size", None, "int | tuple[int, int] | None",
+                "ours: the result's size, refined in windows at that size after the working-size run: the long side "
+                "(the content's own aspect kept) or (height, width), rounded to multiples of 64; None: the working "
+                "size", _output_size),
+        Setting("window", None, "int | None",
+                "ours: with output_size, the windows' side in pixels (a multiple of 64; default the model's native "
+                "size: 512 for SD 1.x and 2.x, 1024 for SDXL)", _pixels(64, 64)),
+        Setting("window_stride", None, "int | None",
+                "ours: pixels from one window to the next (a multiple of 8; default 3/4 of the window, so "
+                "neighbours overlap by a quarter)", _pixels(8, 8)),
+        Setting("refine_steps", None, "int | None",
+                "ours: with output_size, how many of the last timesteps refine at the output size (default 30% of "
+                "steps)", number(1, whole=True)),
         Setting("init", None, "Stylization | None",
                 "ours: an earlier result of the same images to continue from (a warm re-run)", runtime=True),
         Setting("start_step", None, "int | None",
@@ -288,6 +321,9 @@ STAGE_SETTINGS = {
                 "30%)", number(0, whole=True), runtime=True),
         Setting("callback", None, "Callable[[StepInfo], bool] | None",
                 "called after every step; returning True stops and keeps the current latent", runtime=True),
+        Setting("window_callback", None, "Callable[[int, int], None] | None",
+                "ours: with output_size, called after each window of a refinement step with (window index, windows)",
+                runtime=True),
         Setting("preview_every", 0, "int", "put a picture of the latent in the callback's StepInfo every N steps "
                 "(0: never)", number(0, whole=True), runtime=True),
         Setting("preview", "linear", "str", "how that picture is made: linear (next to free), tiny-vae or vae",

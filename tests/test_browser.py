@@ -543,6 +543,26 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     monitor.screenshot(path=str(SCREENSHOTS / f"sg_{front}_loss_monitor.png"))
     explorer.locator(".sg-compare").first.screenshot(path=str(SCREENSHOTS / f"sg_{front}_compare.png"))
 
+    # a result beyond the working size: the output size chosen in the stylize fold, Start over clicked; the run
+    # refines in windows, whose bar fills, and the Compare shows the larger result
+    _fold(page, explorer, "5 · stylize")
+    output = explorer.locator("select").filter(has_text="working size")
+    output.select_option(label="256 px")
+    page.wait_for_function(f"() => {badge}.startsWith('stale')", timeout=30_000)
+    explorer.get_by_role("button", name="Start over").click()
+    windows_bar = """[...document.querySelectorAll('.sg-explorer .widget-progress')]
+        .find((e) => e.textContent.includes('windows'))"""
+    page.wait_for_function(f"() => {windows_bar}?.offsetParent !== null", timeout=60_000)  # shown while it refines
+    page.wait_for_function(f"() => {badge}.startsWith('done')", timeout=180_000)
+    assert page.evaluate(f"() => {windows_bar}.querySelector('.progress-bar').style.width") == "100%"
+    large = _scratch(page, 'print("LARGE=" + json.dumps({"size": session.stylization.image.size, '
+                           '"windows": session.stylization.settings["output"]["windows"]}))', "LARGE")
+    assert large == {"size": [256, 256], "windows": 25}, large  # 64 px windows (the tiny UNet's) every 48 px
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.sg-explorer .sg-cmp-img')].some((img) => img.naturalWidth > 0)")
+    explorer.locator(".jupyter-widget-Collapse-open").screenshot(path=str(SCREENSHOTS / f"sg_{front}_output_size.png"))
+    explorer_height = max(explorer_height, explorer.bounding_box()["height"])
+
     # the other folds: the segment stage's shows the RegionViews of every image
     _fold(page, explorer, "3 · segment")
     page.wait_for_function("() => document.querySelectorAll('.sg-explorer .sg-region-view').length === 3")

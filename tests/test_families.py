@@ -112,6 +112,27 @@ def test_the_pipeline_and_cli_run_on_the_other_families(family_models, tmp_path,
         assert fast.settings["lora"] is not None and all(math.isfinite(h["total"]) for h in fast.history)
 
 
+@pytest.mark.parametrize("config, native", [(SD15, 512), (SD21, 768), (SDXL, 1024)])
+def test_the_default_window_is_the_native_size_of_the_published_configs(config, native):
+    assert config["sample_size"] * 8 == native  # what StyleGallery.native_size reads
+
+
+def test_output_size_refines_in_windows_on_the_other_families(family_models, tmp_path):
+    from synthetic import planted
+
+    _, folder = family_models
+    pipe = StyleGallery.from_pretrained(str(folder / "sd"), semantic_model=False, depth_model=False, device="cpu")
+    content, style = planted(64, "bands")[0], planted(64, "rows", ("yellow", "green", "red"))[0]
+    out = pipe(content, [style], size=64, steps=3, inversion_steps=2, n_clusters=2, use_depth=False,
+               output_size=(192, 256), window=64, progress=False)
+    refined = out.stylization.settings["output"]
+    assert out.image.size == (256, 192) and refined["window"] == 64
+    assert refined["windows"] == len(pipe.window_plan((192, 256), 64).windows) == 4 * 5  # every 48 px
+    # without window=, the windows have the UNet's native size
+    assert pipe.window_plan((192, 256)).window * 8 == pipe.native_size == pipe.unet.config.sample_size * 8
+    assert all(math.isfinite(h["total"]) for h in out.stylization.output_history)
+
+
 def test_a_saved_result_of_one_family_is_refused_by_another(family_models, pipe, planted_run, tmp_path):
     from stylegallery import Prepared
 

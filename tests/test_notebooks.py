@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_quickstart", "02_regions", "03_matching", "04_style_loss", "05_personalization", "06_material_transfer",
-         "07_interpret"]
+         "07_interpret", "08_high_resolution"]
 # the repository's address lives in the package metadata only; the notebooks' badges and install cells follow it
 REPOSITORY = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]["Repository"]
 GITHUB_PATH = REPOSITORY.removeprefix("https://github.com/")
@@ -27,7 +27,7 @@ COLAB = f"https://colab.research.google.com/github/{GITHUB_PATH}/blob/main/noteb
 PIP = "install -q \"stylegallery[notebook] @ git+{REPOSITORY}\""
 
 
-def test_the_seven_notebooks_are_there():
+def test_the_eight_notebooks_are_there():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
 
 

@@ -436,6 +436,26 @@ def test_stage_explorer_marks_stale_stages_and_reruns_only_those(session):
     assert explorer.run("match", background=False) == []  # nothing stale up to match; on this thread
 
 
+def test_stage_explorer_refines_at_the_output_size_chosen_in_its_control(session):
+    explorer = StageExplorer(session)
+    control = explorer.controls["stylize"]["output_size"]
+    assert control.value is None and [label for label, _ in control.options][:3] == ["working size", "256 px", "512 px"]
+    assert explorer.window_progress.layout.display == "none"
+    frontend_update(control, index=1)  # "256 px" picked in the browser
+    assert session.value("output_size") == 256 and explorer.stale == ["stylize"]
+    explorer.buttons["stylize"].click()
+    assert explorer.wait(120) == ["stylize"]
+    result = session.stylization
+    assert result.image.size == (256, 256) and result.working_image.size == (128, 128)
+    # the step bar counts the working steps and the refined ones; the windows bar, one step's windows
+    refined = len(result.output_history)
+    assert refined == 1 and explorer.progress["stylize"].value == explorer.progress["stylize"].max == 4 + refined
+    assert explorer.window_progress.layout.display is None
+    assert explorer.window_progress.value == explorer.window_progress.max == result.settings["output"]["windows"] == 25
+    frontend_update(control, index=0)
+    assert session.value("output_size") is None and explorer.stale == ["stylize"]
+
+
 def test_stage_explorer_shows_errors_in_the_panel(session):
     explorer = StageExplorer(session)
     frontend_update(explorer.controls["stylize"]["lr"], value=0.0001)

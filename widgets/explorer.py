@@ -13,6 +13,7 @@ from stylegallery.errors import StyleGalleryError
 from stylegallery.models.presets import get_preset
 from stylegallery.session import Session
 from stylegallery.settings import STAGES
+from stylegallery.stages.stylize import REFINE_FRACTION
 
 from .shared.display import StaticReprMixin
 from .shared.pictures import montage, overlay, png_bytes
@@ -103,9 +104,13 @@ class StageExplorer(StaticReprMixin, W.VBox):
             self.progress[stage] = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px"))
             self.messages[stage] = W.HTML()
             self.pictures[stage] = W.HBox(layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
+            if stage == "stylize":  # a refinement at the output size: its windows, one step's worth
+                self.window_progress = W.IntProgress(value=0, min=0, max=1, description="windows", style=STYLE,
+                                                     layout=W.Layout(width="180px", display="none"))
             buttons = [button, self.refine_button] if stage == "stylize" else [button]
             extra = [self.preset] if stage == "stylize" else []
-            head = W.HBox(buttons + [self.progress[stage], self.headers[stage]] + extra + [w for _, w in controls],
+            bars = [self.progress[stage], self.window_progress] if stage == "stylize" else [self.progress[stage]]
+            head = W.HBox(buttons + bars + [self.headers[stage]] + extra + [w for _, w in controls],
                           layout=W.Layout(align_items="center", flex_flow="row wrap"))
             panels.append(W.VBox([head, self.messages[stage], self.pictures[stage]]))
         self.panels = dict(zip(STAGES, panels))
@@ -364,19 +369,29 @@ class StageExplorer(StaticReprMixin, W.VBox):
 
     def _run_stylize(self, refine: bool) -> None:
         session = self.session
-        steps = session.value("steps") * session.value("iters")
-        bar = self.progress["stylize"]
-        bar.max = steps
+        iters = session.value("iters")
+        steps = session.value("steps") * iters
+        # with an output size, the last timesteps again at that size, window by window (the windows bar)
+        refined = 0
+        if session.value("output_size") is not None:
+            refined = (session.value("refine_steps") or max(1, round(session.value("steps") * REFINE_FRACTION))) * iters
+        bar, windows = self.progress["stylize"], self.window_progress
+        bar.max = steps + refined
+        windows.value, windows.layout.display = 0, None if refined else "none"
         monitor = self.monitor
         monitor.start(steps)
         self.pictures["stylize"].children = [monitor]  # the Compare of an earlier result comes back with the new one
 
         def callback(info):
-            bar.value = min(info.step, bar.max)
+            done = info.step if info.phase == "working size" else steps + info.step - (steps - refined)
+            bar.value = min(done, bar.max)
             return monitor.callback(info)
 
+        def window_done(index: int, count: int) -> None:
+            windows.max, windows.value = count, index + 1
+
         session.run("stylize", progress=False, callback=callback, refine=refine, preview_every=self.preview_every,
-                    preview=self.preview)
+                    preview=self.preview, window_callback=window_done)
 
     # ------------------------------------------------------------------ pictures
     def _on_edit(self, stage: str, _result) -> None:

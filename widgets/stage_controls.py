@@ -55,6 +55,18 @@ def current_preset(session: Session) -> str:
     return PAPER
 
 
+def output_options(size, current) -> list[tuple[str, object]]:
+    """The output size control's choices: the working size (no refinement), 2x and 4x the working size's long side
+    and 1024, 2048, 4096 px above it, and the current value."""
+    long_side = max(size) if isinstance(size, (tuple, list)) else size
+    sides = sorted(n for n in {2 * long_side, 4 * long_side, 1024, 2048, 4096} if n > long_side)
+    options = [("working size", None)] + [(f"{n} px", n) for n in sides]
+    if current is not None and current not in sides:
+        label = f"{current[0]}×{current[1]}" if isinstance(current, (tuple, list)) else f"{current} px"
+        options.append((label, current))
+    return options
+
+
 def stage_controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
     """The main settings of every stage as ipywidgets controls, set to the session's current values."""
     v = session.value
@@ -97,5 +109,7 @@ def stage_controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
                                       **dict(floats, readout_format=".2f"))),
             ("region_attention", W.Dropdown(options=["zeroed", "masked"], value=v("region_attention"),
                                             description="region attention", style=STYLE)),
+            ("output_size", W.Dropdown(options=output_options(size, v("output_size")), value=v("output_size"),
+                                       description="output size", style=STYLE)),
         ],
     }

@@ -28,7 +28,7 @@ from .pictures import heat_picture, image_names, overlay_array, region_palette, 
 __all__ = [
     "attention_map", "before_after", "feature_pca", "image_names", "loss_curves", "match_circles", "match_matrix", "match_parts",
     "matched_pairs", "overlay_array", "pca_image", "region_overlay", "region_palette", "region_scores", "silhouette_curve",
-    "trajectory", "upsample_labels",
+    "trajectory", "upsample_labels", "windows",
 ]
 
 
@@ -221,6 +221,44 @@ def before_after(prepared: Prepared, stylization: Stylization) -> Figure:
         ax.imshow(rgb_array(pixels))
         ax.set_title(title, fontsize=10, fontweight="bold" if title.startswith("result") else "normal")
         ax.set_axis_off()
+    return fig
+
+
+def windows(image, plan, highlight: int | None = None) -> Figure:
+    """How the windows of a refinement at the output size (``StyleGallery.window_plan``) cover ``image``: every
+    window outlined over the picture, and the blend weight of one window (``highlight``, default the one nearest the
+    centre): 1 inside, ramping down across each overlap, 0 at its own edge inside the picture."""
+    picture = rgb_array(image)
+    height, width = plan.pixel_size
+    if picture.shape[:2] != (height, width):
+        raise ValueError(f"the image is {picture.shape[1]}x{picture.shape[0]} px but the plan covers {width}x{height}")
+    if highlight is None:
+        centre = (plan.grid[0] / 2, plan.grid[1] / 2)
+        highlight = min(range(len(plan.windows)), key=lambda i: (plan.windows[i].top + plan.windows[i].height / 2
+                                                                   - centre[0]) ** 2
+                        + (plan.windows[i].left + plan.windows[i].width / 2 - centre[1]) ** 2)
+    fig, axes = new_figure((11, 4.4 * height / width + 0.6), 1, 2)
+    left, right = axes[0]
+    left.imshow(picture)
+    palette = region_palette(max(len(plan.windows), 1)) / 255.0
+    for i, window in enumerate(plan.windows):
+        inset = 6 * (i % 3)  # overlapping outlines stay apart
+        left.add_patch(Rectangle((window.left * 8 + inset, window.top * 8 + inset), window.width * 8 - 2 * inset,
+                                 window.height * 8 - 2 * inset, fill=False, edgecolor=palette[i],
+                                 linewidth=2.5 if i == highlight else 1.2))
+    left.set_title(f"{plural(len(plan.windows), 'window')} of {plan.window * 8} px every {plan.stride * 8} px over "
+                   f"{width}x{height}", fontsize=10)
+    left.set_axis_off()
+    weight = torch.zeros(plan.grid)
+    chosen = plan.windows[highlight]
+    weight[chosen.slices] = plan.weights[highlight]
+    shown = right.imshow(weight.numpy(), cmap="magma", vmin=0, vmax=1, extent=(0, width, height, 0),
+                         interpolation="nearest")
+    right.add_patch(Rectangle((chosen.left * 8, chosen.top * 8), chosen.width * 8, chosen.height * 8, fill=False,
+                              edgecolor=palette[highlight], linewidth=2.5))
+    right.set_title(f"blend weight of window {highlight}", fontsize=10)
+    right.set_axis_off()
+    fig.colorbar(shown, ax=right, fraction=0.04)
     return fig
 
 

@@ -17,9 +17,15 @@ def peak_memory_mb(device: torch.device) -> dict:
     return peak
 
 
+#: Stylize settings a report takes from the run (they may come from a preset or a default): the loop's, and those of
+#: a refinement at ``output_size`` (None without one).
+RESOLVED = ("steps", "iters", "lr", "c_ratio", "scheduler", "output_size", "window", "window_stride", "refine_steps")
+
+
 def run_report(pipe, out, settings: dict) -> dict:
     """The report of ``out`` (a ``StyleGalleryOutput`` of ``pipe``); ``settings``: the run's own settings (size,
-    seed, ...), to which the stylize settings the run resolved (steps, iters, lr, c_ratio, scheduler) are added."""
+    seed, ...), to which the stylize settings the run resolved (:data:`RESOLVED`) are added; ``output``: the
+    refinement at the output size (its size, windows, first refined step), or None."""
     scores = pipe.region_scores(out.prepared, out.segmentation, out.matching, out.stylization)
     names = ["content"] + [f"style{j + 1}" for j in range(out.prepared.n_styles)]
     return {
@@ -29,7 +35,8 @@ def run_report(pipe, out, settings: dict) -> dict:
         "test_models": pipe.test_models,
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
-        "settings": dict(settings, **{k: out.stylization.settings[k] for k in ("steps", "iters", "lr", "c_ratio", "scheduler")}),
+        "settings": dict(settings, **{k: out.stylization.settings[k] for k in RESOLVED if k in out.stylization.settings}),
+        "output": out.stylization.settings.get("output"),
         "lora": out.stylization.settings["lora"],
         "regions": {name: out.segmentation.n_regions(i) for i, name in enumerate(names)},
         "silhouette": out.segmentation.silhouette,

@@ -97,3 +97,13 @@ def choose_device(device: str | torch.device = "auto", dtype: str | torch.dtype 
     if low_memory == "auto":
         low_memory = gpu is not None and gpu.free_bytes < LOW_MEMORY_BELOW
     return DeviceChoice(device, resolve_dtype(dtype, device, gpu), low_memory, gpu)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new work on ``device``: the CUDA GPU's free memory, or elsewhere the memory the operating
+    system reports available."""
+    if device.type == "cuda":
+        return Gpu.of(device).free_bytes
+    import psutil
+
+    return int(psutil.virtual_memory().available)

@@ -3,6 +3,8 @@ in the precision the VAE's config asks for."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -35,3 +37,27 @@ def decode(vae, latent: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A latent (1, 4, h, w) -> uint8 pixels (3, H, W) on the CPU, decoded in the VAE's own dtype."""
     decoded = vae.decode(latent.to(device, vae.dtype) / vae.config.scaling_factor).sample[0]
     return ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+#: Smallest VAE tile (pixels) when tiling: diffusers' default tile is the VAE config's ``sample_size``, which is
+#: tiny for test models; SD's VAEs were trained at 512 and more.
+MIN_TILE = 512
+
+
+@contextlib.contextmanager
+def tiled(vae, size: tuple[int, int]):
+    """Within the block, the VAE encodes and decodes pictures of ``size`` = (H, W) pixels in overlapping tiles
+    (diffusers' ``enable_tiling``, tiles of at least :data:`MIN_TILE` px) when a side exceeds the tile; memory is
+    then set by the tile. Back to whole-picture passes after."""
+    tile = max(int(vae.tile_sample_min_size), MIN_TILE)
+    if max(size) <= tile:
+        yield vae
+        return
+    saved = vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size
+    vae.enable_tiling()
+    vae.tile_sample_min_size = tile
+    vae.tile_latent_min_size = tile // 2 ** (len(vae.config.block_out_channels) - 1)
+    try:
+        yield vae
+    finally:
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved

@@ -49,10 +49,11 @@ class RegionPlan:
     groups: list[RegionGroup]
 
 
-def region_plan(content_labels, style_labels, matches, tokens: int, device) -> RegionPlan:
-    """Build the :class:`RegionPlan` for layers with ``tokens`` tokens from label maps and the match list."""
+def region_plan(content_labels, style_labels, matches, tokens: int, device, style_tokens: int | None = None) -> RegionPlan:
+    """Build the :class:`RegionPlan` for layers with ``tokens`` query tokens (``style_tokens`` key tokens per
+    reference, by default as many) from label maps and the match list."""
     content = token_labels(content_labels, tokens).to(device)
-    keys = [token_labels(lab, tokens) for lab in style_labels]
+    keys = [token_labels(lab, style_tokens or tokens) for lab in style_labels]
     key_ref = torch.cat([torch.full_like(k, j) for j, k in enumerate(keys)]).to(device)
     key_reg = torch.cat(keys).to(device)
     lookup_ref = torch.tensor([m[0] if m is not None else -1 for m in matches], device=device)

@@ -37,6 +37,7 @@ class StepInfo:
     style_per_region: dict[int, float]
     latent: torch.Tensor
     preview: Image.Image | None = None
+    phase: str = "working size"  # or "output size": the refinement in windows (output_size)
 
 
 @dataclass
@@ -76,6 +77,8 @@ def optimize_latent(
     preview: Callable[[torch.Tensor], Image.Image] | None = None,
     preview_every: int = 0,
     progress: bool = True,
+    phase: str = "working size",
+    optimizer: Callable[[torch.Tensor], object] | None = None,
 ) -> Optimized:
     """Minimise ``loss_at(t)(z)`` with Adam (``lr``), ``iters`` steps per timestep, over ``timesteps[start:]``.
 
@@ -83,21 +86,27 @@ def optimize_latent(
     ``start * iters + 1``). ``callback(info)`` runs after every step; True stops after that step, as does a
     KeyboardInterrupt (Jupyter's interrupt button), keeping the current latent. ``preview(z)`` makes the picture
     put in ``info.preview`` every ``preview_every`` steps and at the last one (only when there is a callback).
+    ``optimizer(z)`` makes the optimizer (default ``torch.optim.Adam([z], lr=lr)``; the windowed refinement's is
+    :class:`~stylegallery.stages.windows.WindowedAdam`); a loss whose ``total`` carries no graph has already put
+    its gradients where that optimizer reads them.
+    ``phase`` names the run in the bar and in every :class:`StepInfo`.
     """
     z = z.detach().to(torch.float32).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=lr)
+    optimizer = torch.optim.Adam([z], lr=lr) if optimizer is None else optimizer(z)
     total = len(timesteps) * iters
     step = start * iters
     history: list[dict] = []
     stopped = False
-    bar = tqdm(total=total, initial=step, desc="stylize", disable=not progress, leave=False)
+    desc = "stylize" if phase == "working size" else f"stylize ({phase})"
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False)
     try:
         for t in timesteps[start:]:
             loss = loss_at(t)
             for _ in range(iters):
-                parts = loss(z)
                 optimizer.zero_grad(set_to_none=True)
-                parts.total.backward()
+                parts = loss(z)
+                if parts.total.requires_grad:
+                    parts.total.backward()
                 optimizer.step()
                 step += 1
                 bar.update(1)
@@ -105,7 +114,7 @@ def optimize_latent(
                               style=parts.style.item(), style_per_region={
                                   str(r): v for r, v in enumerate(parts.style_per_region.detach().tolist())})
                 history.append(record)
-                if callback is not None and callback(_step_info(record, total, z, preview, preview_every)):
+                if callback is not None and callback(_step_info(record, total, z, preview, preview_every, phase)):
                     stopped = True
                     break
             if stopped:
@@ -117,11 +126,11 @@ def optimize_latent(
     return Optimized(z.detach(), history, stopped)
 
 
-def _step_info(record: dict, total: int, z: torch.Tensor, preview, every: int) -> StepInfo:
+def _step_info(record: dict, total: int, z: torch.Tensor, preview, every: int, phase: str) -> StepInfo:
     step = record["step"]
     picture = preview(z.detach()) if preview is not None and every and (step % every == 0 or step == total) else None
     return StepInfo(step, total, record["timestep"], record["total"], record["content"], record["style"],
-                    {int(k): v for k, v in record["style_per_region"].items()}, z.detach().clone(), picture)
+                    {int(k): v for k, v in record["style_per_region"].items()}, z.detach().clone(), picture, phase)
 
 
 def style_transfer_loss(

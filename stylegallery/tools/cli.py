@@ -90,6 +90,15 @@ def _add_settings(parser) -> None:
     parser.add_argument("--region-attention", choices=("zeroed", "masked"), default="zeroed",
                         help="zeroed: the authors' region masking (default); masked: ours, attention only inside the region")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-size", type=int, default=None, metavar="N",
+                        help="ours: the result's long side in pixels (aspect of the content kept), refined in windows "
+                             "after the working-size run; at least --size")
+    parser.add_argument("--window", type=int, default=None, metavar="N",
+                        help="with --output-size: window side in pixels, a multiple of 64 (the model's native size)")
+    parser.add_argument("--window-stride", type=int, default=None, metavar="N",
+                        help="with --output-size: pixels between windows, a multiple of 8 (3/4 of the window)")
+    parser.add_argument("--refine-steps", type=int, default=None, metavar="N",
+                        help="with --output-size: last timesteps refined at the output size (30%% of --steps)")
 
 
 def _load_pipe(args, device: str | None = None):
@@ -118,9 +127,16 @@ def _outputs(args) -> list[Path]:
 
 def _check(args) -> None:
     from ..settings import check_settings
+    from ..stages.windows import output_pixels
 
     check_settings(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters,
-                   steps=args.steps, iters=args.iters, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed)
+                   steps=args.steps, iters=args.iters, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed,
+                   output_size=args.output_size, window=args.window, window_stride=args.window_stride,
+                   refine_steps=args.refine_steps)
+    if args.output_size is not None:
+        output_pixels(args.output_size, (args.size, args.size), (args.size, args.size))
+    elif any(v is not None for v in (args.window, args.window_stride, args.refine_steps)):
+        raise StyleGalleryError("--window, --window-stride and --refine-steps only apply with --output-size")
 
 
 def _run(args) -> None:
@@ -161,7 +177,9 @@ def _job_settings(args) -> dict:
     chosen = dict(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters, seed=args.seed,
                   region_attention=args.region_attention, use_depth=not args.no_depth,
                   gradient_checkpointing=args.low_memory, fast=args.fast)
-    chosen.update({k: v for k, v in dict(steps=args.steps, iters=args.iters, c_ratio=args.c_ratio, lr=args.lr).items()
+    chosen.update({k: v for k, v in dict(steps=args.steps, iters=args.iters, c_ratio=args.c_ratio, lr=args.lr,
+                                         output_size=args.output_size, window=args.window,
+                                         window_stride=args.window_stride, refine_steps=args.refine_steps).items()
                    if v is not None})
     return chosen
 
