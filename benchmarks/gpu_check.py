@@ -13,7 +13,8 @@ that item only) and within what is left of ``--budget-s``:
    compile time pays back within one default run;
 6. **sdxl** - the random-weight ``sdxl`` architecture at 1024 px: seconds per step and peak memory, plain and
    with the low-memory setting (model offload and gradient checkpointing);
-7. **high resolution** - a 2048 px result, once the stylize stage has an output size.
+7. **high resolution** - a 2048 px result (``output_size``) of a 20-step run whose last 6 steps are refined in 512 px
+   windows: the whole run, a refinement step, the peak memory.
 
 Each measurement is appended, as it finishes, to ``gpu-check-<time>.jsonl`` and ``gpu-check-<time>.md`` in
 ``--out``, so a run cut short keeps what it measured. A failing item prints its traceback and the run goes on;
@@ -52,9 +53,9 @@ def plan(cuda: bool) -> dict:
     """What each item runs with: the measurement on a GPU, a smoke run on the tiny models on a CPU."""
     if cuda:
         return dict(device="cuda", model="sd15", size=512, steps=None, inversion_steps=15, per_step=10, xl="sdxl",
-                    xl_size=1024, xl_steps=5, high_size=2048)
+                    xl_size=1024, xl_steps=5, high_size=2048, high_steps=20)
     return dict(device="cpu", model="tiny", size=128, steps=4, inversion_steps=3, per_step=2, xl="tiny-sdxl",
-                xl_size=128, xl_steps=2, high_size=256)
+                xl_size=128, xl_steps=2, high_size=256, high_steps=10)
 
 
 class Log:
@@ -248,18 +249,24 @@ def item_sdxl_low_memory(log: Log, p: dict, cuda: bool) -> None:
 
 
 def item_high_resolution(log: Log, p: dict, cuda: bool) -> None:
-    from stylegallery.settings import STAGE_SETTINGS
-
-    if "output_size" not in STAGE_SETTINGS["stylize"]:
-        log("high resolution", f"{p['high_size']} px run", "not run", note="the stylize stage has no output_size yet")
-        return
     device = p["device"]
     pipe = _load(p["model"], device)
     stages = _stages(pipe, p, p["size"], inversion_steps=2)
+    stamps = []
+
+    def stamp(info) -> None:
+        _sync(device)
+        stamps.append((info.phase, time.perf_counter()))
+
     _peak_reset(device)
-    out, seconds = _timed(device, lambda: pipe.stylize(*stages, output_size=p["high_size"], progress=False,
-                                                       **({} if p["steps"] is None else {"steps": p["steps"]})))
-    log("high resolution", f"{p['high_size']} px run ({len(out.history)} steps)", seconds, "s", p["model"])
+    out, seconds = _timed(device, lambda: pipe.stylize(*stages, output_size=p["high_size"], steps=p["high_steps"],
+                                                       progress=False, callback=stamp))
+    refined = out.settings["output"]
+    log("high resolution", f"{p['high_size']} px run ({len(out.history)} steps, the last {len(out.output_history)} "
+        f"refined in {refined['windows']} windows of {refined['window']} px)", seconds, "s", p["model"])
+    refine = [at for phase, at in stamps if phase == "output size"]
+    if len(refine) > 1:
+        log("high resolution", "refinement step (all windows)", median([b - a for a, b in zip(refine, refine[1:])]), "s")
     log("high resolution", "peak GPU memory", _peak_gib(device) or "n/a", "GiB" if cuda else "")
 
 

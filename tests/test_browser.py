@@ -550,11 +550,11 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     output.select_option(label="256 px")
     page.wait_for_function(f"() => {badge}.startsWith('stale')", timeout=30_000)
     explorer.get_by_role("button", name="Start over").click()
-    windows_bar = """[...document.querySelectorAll('.sg-explorer .widget-progress')]
-        .find((e) => e.textContent.includes('windows'))"""
-    page.wait_for_function(f"() => {windows_bar}?.offsetParent !== null", timeout=60_000)  # shown while it refines
+    windows_bar = "document.querySelector('.sg-explorer .sg-windows-progress')"
+    page.wait_for_function(f"() => {windows_bar} && {windows_bar}.offsetParent !== null", timeout=60_000)  # shown
     page.wait_for_function(f"() => {badge}.startsWith('done')", timeout=180_000)
     assert page.evaluate(f"() => {windows_bar}.querySelector('.progress-bar').style.width") == "100%"
+    assert page.evaluate(f"() => {windows_bar}.textContent") == "windows"
     large = _scratch(page, 'print("LARGE=" + json.dumps({"size": session.stylization.image.size, '
                            '"windows": session.stylization.settings["output"]["windows"]}))', "LARGE")
     assert large == {"size": [256, 256], "windows": 25}, large  # 64 px windows (the tiny UNet's) every 48 px

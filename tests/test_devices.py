@@ -103,7 +103,7 @@ def test_the_gpu_check_runs_in_its_no_cuda_mode(tmp_path):
         pytest.skip("this machine has CUDA: the check would measure, which takes minutes")
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
     proc = subprocess.run([sys.executable, str(script), "--budget-s", "3000", "--out", str(tmp_path),
-                           "--items", "environment,build,default-run,sdxl-plain"],
+                           "--items", "environment,build,default-run,sdxl-plain,high-resolution"],
                           capture_output=True, text=True, timeout=3600)  # budgets no load reaches: this is
     # about the no-CUDA mode, not about time
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -113,5 +113,6 @@ def test_the_gpu_check_runs_in_its_no_cuda_mode(tmp_path):
     measured = {(line["item"], line["measurement"]) for line in lines}
     assert ("environment", "CUDA") in measured and ("default run", "fast preset whole run") in measured
     assert ("sdxl-plain", "stylize step") in measured
+    assert ("high resolution", "refinement step (all windows)") in measured
     assert not any(line["measurement"] == "status" for line in lines)  # no item failed or ran out of time
     assert next(tmp_path.glob("gpu-check-*.md")).read_text().count("\n| ") == len(lines) + 2  # + the header rows

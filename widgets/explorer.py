@@ -107,6 +107,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
             if stage == "stylize":  # a refinement at the output size: its windows, one step's worth
                 self.window_progress = W.IntProgress(value=0, min=0, max=1, description="windows", style=STYLE,
                                                      layout=W.Layout(width="180px", display="none"))
+                self.window_progress.add_class("sg-windows-progress")
             buttons = [button, self.refine_button] if stage == "stylize" else [button]
             extra = [self.preset] if stage == "stylize" else []
             bars = [self.progress[stage], self.window_progress] if stage == "stylize" else [self.progress[stage]]
