@@ -12,7 +12,8 @@ before it (CPU: resident-set high-water mark; CUDA: ``max_memory_allocated``), t
 :data:`stylegallery.stages.windows.BUFFER_BYTES_PER_PIXEL`), and the time of a refinement step (the first one is left
 out: it also encodes the start and the content), wall and CPU seconds. The ratio "per window" divides a step by the
 number of windows times one window's step at 512; it is above 1 by the cost of each window's content queries (a
-forward pass per window and timestep), which the 512 run reads from its cache.
+forward pass per window and timestep), which the 512 run reads from its cache: the last column adds that forward
+(timed on one window's crop) to one window's step.
 
 Run from the repository root::
 
@@ -27,6 +28,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -49,13 +52,22 @@ def worker(args) -> dict:
     out = pipe.stylize(prepared, inversion, segmentation, matching, steps=args.steps, refine_steps=args.refine_steps,
                        output_size=args.output_size, window=args.window, progress=False, callback=on_step)
     peak = memory.read()
+    # what each window adds at larger sizes: a forward pass for the content's own queries in it (the 512 px run reads
+    # them from the cache), timed on one window's crop
+    side = args.window // 8
+    crop = out.output_latent[..., :side, :side].to(pipe.device, pipe.dtype)
+    with torch.no_grad():
+        start = time.process_time()
+        pipe.recorder.run(pipe.unet, crop, 500, pipe.backbone.embedding, keep=("q",))
+        forward_cpu = time.process_time() - start
     refine = [s for s in stamps if s[0] == "output size"]
     walls = [b[1] - a[1] for a, b in zip(refine, refine[1:])]
     cpus = [b[2] - a[2] for a, b in zip(refine, refine[1:])]
     height, width = out.output_pixels.shape[-2:]
     return {"output_size": args.output_size, "pixels": [height, width], "windows": out.settings["output"]["windows"],
             "peak_memory": peak, "buffers_bytes": height * width * BUFFER_BYTES_PER_PIXEL,
-            "step_wall": median(walls), "step_cpu": median(cpus), "refine_steps_timed": len(walls)}
+            "step_wall": median(walls), "step_cpu": median(cpus), "refine_steps_timed": len(walls),
+            "content_forward_cpu": forward_cpu}
 
 
 def measure(args) -> dict:
@@ -81,18 +93,24 @@ def render(r: dict) -> str:
         f"stylize call above what was resident before it; buffers: the output-size latent and image buffers.",
         "",
         f"| output | pixels | windows | peak working GiB | less buffers GiB | vs {base['output_size']} (less buffers) "
-        "| step wall s | step CPU s "
-        "| step / (windows x one window's step), CPU |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| step wall s | step CPU s | step / (windows x one window's step), CPU "
+        "| step / (windows x (one window's step + its content forward)), CPU |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     one = base["step_cpu"] / base["windows"]
+    forward = base.get("content_forward_cpu")
     for run in runs:
         extra = run["peak_memory"]["extra"]
         less = max(extra - run["buffers_bytes"], 0)
         base_less = max(base["peak_memory"]["extra"] - base["buffers_bytes"], 1)
         lines.append(f"| {run['output_size']} | {run['pixels'][0]} x {run['pixels'][1]} | {run['windows']} | "
                      f"{extra / 2**30:.2f} | {less / 2**30:.2f} | {less / base_less:.2f}x | {run['step_wall']:.1f} | "
-                     f"{run['step_cpu']:.1f} | {run['step_cpu'] / (run['windows'] * one):.2f} |")
+                     f"{run['step_cpu']:.1f} | {run['step_cpu'] / (run['windows'] * one):.2f} | "
+                     + (f"{run['step_cpu'] / (run['windows'] * (one + forward)):.2f} |"
+                        if forward is not None and run["windows"] > 1 else "|"))
+    if forward is not None:
+        lines += ["", f"- one window's step: {one:.1f} CPU s at {base['output_size']} (content queries cached); the "
+                      f"content forward each window adds at larger sizes: {forward:.1f} CPU s"]
     return "\n".join(lines)
 
 

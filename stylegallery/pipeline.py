@@ -497,8 +497,9 @@ class StyleGallery(LoraLoaderMixin):
                 features_at, plans[i], n_regions, c_ratio=s.c_ratio, query_scale=s.query_scale,
                 region_attention=s.region_attention)(t)
 
-        refine = s.steps - max(1, round(s.steps * REFINE_FRACTION)) if s.refine_steps is None else s.steps - s.refine_steps
-        bar = tqdm(total=len(plan.windows), desc="windows", disable=not s.progress or len(plan.windows) == 1, leave=False)
+        refine = s.steps - (max(1, round(s.steps * REFINE_FRACTION)) if s.refine_steps is None else s.refine_steps)
+        bar = tqdm(total=len(plan.windows), desc="windows", disable=not s.progress or len(plan.windows) == 1,
+                   leave=False)
 
         def on_window(i: int) -> None:
             if i == 0:
@@ -511,7 +512,8 @@ class StyleGallery(LoraLoaderMixin):
         try:
             with self._training(s.gradient_checkpointing or self.low_memory):
                 adam = WindowedAdam(plan, s.lr)
-                run = optimize_latent(z, timesteps, windowed_loss(plan, window_loss_at, adam, on_window), lr=s.lr, iters=s.iters, start=refine, callback=s.callback,
+                run = optimize_latent(z, timesteps, windowed_loss(plan, window_loss_at, adam, on_window), lr=s.lr,
+                                      iters=s.iters, start=refine, callback=s.callback,
                                       preview=lambda latent: self.preview(latent, s.preview),
                                       preview_every=s.preview_every, progress=s.progress, phase="output size",
                                       optimizer=adam.attach)

@@ -452,6 +452,9 @@ def test_stage_explorer_refines_at_the_output_size_chosen_in_its_control(session
     assert refined == 1 and explorer.progress["stylize"].value == explorer.progress["stylize"].max == 4 + refined
     assert explorer.window_progress.layout.display is None
     assert explorer.window_progress.value == explorer.window_progress.max == result.settings["output"]["windows"] == 25
+    # the loss monitor ends on the refinement's curves, and says so
+    assert explorer.monitor.steps == [h["step"] for h in result.output_history] == [4]
+    assert explorer.monitor.status.startswith("done: steps 4 to 4 of 4 (output size)")
     frontend_update(control, index=0)
     assert session.value("output_size") is None and explorer.stale == ["stylize"]
 

@@ -447,7 +447,9 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 if session not in RUNNING:  # a run refreshes it when it has released the model
                     self._refresh_attention()
         elif stage == "stylize":
-            if len(self.monitor.steps) != len(result.history):  # a result not made by this explorer's run
+            # the monitor keeps the curves of the phase it saw last: the refinement at the output size, if any
+            last_phase = result.history if result.output_history is None else result.output_history
+            if len(self.monitor.steps) != len(last_phase):  # a result not made by this explorer's run
                 self.monitor.show(result)
             self.monitor.preview_png, self.monitor.preview_caption = b"", ""  # the result is beside it, in the Compare
             if self.compare is None:

@@ -185,8 +185,9 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         if last or stop:
             self.running = False
             seconds = now - self._started
+            phase = "" if info.phase == "working size" else f" ({info.phase})"
             self.status = (f"stopped at step {info.step} of {info.total_steps}" if stop and not last
-                           else f"done: {self._span()}") + f" in {seconds:.1f} s"
+                           else f"done: {self._span()}") + f"{phase} in {seconds:.1f} s"
         else:
             self.status = f"step {info.step} / {info.total_steps} · t = {info.timestep} · loss {info.loss:.4g}"
         return stop
