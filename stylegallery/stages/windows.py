@@ -22,9 +22,10 @@ WINDOW_MULTIPLE = 8
 #: Largest output side (pixels) accepted at all; the memory check decides below it.
 MAX_OUTPUT_SIDE = 16384
 #: Estimated bytes of one gradient pass of an SD 1.5-sized UNet (320 base channels) per latent pixel of the
-#: window, float32, plain attention (measured: about 2.4 GiB for a 64 x 64 latent on the CPU; the benchmark's
-#: table). Scales with the base channels and the dtype's size.
-PASS_BYTES_PER_LATENT_PIXEL = 600_000
+#: window, float32, plain attention (measured: 2.8 GiB peak working memory of a 512 px run of the sd15 architecture on
+#: the CPU, benchmarks/README.md, "high resolution"; the pass itself is most of it).
+#: Scales with the base channels and the dtype's size.
+PASS_BYTES_PER_LATENT_PIXEL = 720_000
 #: Bytes per output pixel of the buffers outside the windows: the latent, its Adam moments and gradient, the
 #: content latent, the float image the VAE decodes in tiles, and the uint8 result.
 BUFFER_BYTES_PER_PIXEL = 64
