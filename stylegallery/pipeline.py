@@ -477,12 +477,16 @@ class StyleGallery(LoraLoaderMixin):
             labels[w.slices], style_labels, matching.matches, tokens, self.device, style_tokens=style_tokens(tokens, w)))
             for w in plan.windows]
 
+        # the working-size features of a timestep, fetched once for all its windows
+        working_features = functools.lru_cache(maxsize=1)(
+            lambda t: self._attention_features(prepared, t, layers, s.feature_precision))
+
         def window_loss_at(t: int, i: int):
             window = plan.windows[i]
             conditions = self.backbone.added_conditions(1, (window.height * 8, window.width * 8))
 
             def features_at(t: int):
-                queries, keys, values = self._attention_features(prepared, t, layers, s.feature_precision)
+                queries, keys, values = working_features(t)
                 if not whole:  # the content's own queries in this window, rounded as cached ones are
                     crop = content_latent[(..., *window.slices)].to(self.device, self.dtype)
                     with torch.no_grad():
