@@ -13,6 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import StyleGalleryError
 
 MIN_SIDE = 16
+#: Most regions a label image may hold: more is a photo or a JPEG's compression noise, not a label image.
+MAX_MASK_REGIONS = 64
 
 
 def check_size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -143,3 +145,76 @@ def rgb_array(image) -> np.ndarray:
         scale = 255.0 if array.dtype.kind == "f" and array.size and array.max() <= 1.0 else 1.0
         array = np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
     return array
+
+
+def load_label_mask(source, sizes=None, name: str | None = None) -> np.ndarray:
+    """A user's region mask as an (H, W) int array: 0 where no region is given, 1..n for the regions in the order
+    they first appear (row by row), as the authors' release numbers them.
+
+    ``source``: a file path, a PIL image or an array. A label image: each palette index (the LabelMe ``label.png``
+    layout), grey value or colour is one region, and index 0, black or transparent is no region; a binary mask is
+    one region. ``sizes``: the (width, height) pairs the mask may have (its image's own size, the working size).
+    Raises :class:`StyleGalleryError` for a missing or unreadable file, another size, no region at all or more than
+    :data:`MAX_MASK_REGIONS`.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = name or str(path)
+        if not path.is_file():
+            raise StyleGalleryError(f"mask file not found: {path} (check the path)")
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened)
+                image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise StyleGalleryError(f"cannot read the mask {path} as an image ({exc}): save it as a PNG") from None
+    elif isinstance(source, Image.Image):
+        image, name = source, name or "mask"
+    else:
+        image, name = None, name or "mask"
+    if image is None:
+        array = np.asarray(source)
+        if array.ndim not in (2, 3):
+            raise StyleGalleryError(f"{name} must be an (H, W) label array or an (H, W, 3) colour image "
+                                    f"(got shape {array.shape})")
+    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"))
+        array = np.where(rgba[..., 3:] > 0, rgba[..., :3], 0)
+    elif image.mode in ("RGB", "CMYK", "YCbCr", "HSV", "LAB"):
+        array = np.asarray(image.convert("RGB"))
+    else:  # P (palette indices), 1, L, I, I;16, F: the values themselves
+        array = np.asarray(image)
+    width, height = array.shape[1], array.shape[0]
+    sizes = [] if sizes is None else [tuple(size) for size in sizes]
+    if sizes and (width, height) not in sizes:
+        allowed = " or ".join(f"{w}x{h}" for w, h in dict.fromkeys(sizes))
+        raise StyleGalleryError(f"{name} is {width}x{height} pixels but must be {allowed}: a mask has its image's size "
+                                f"(or the working size)")
+    flat = array.reshape(height * width, -1)
+    values, first, labels = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    labels = labels.reshape(height, width)
+    background = np.flatnonzero(~values.any(axis=1))
+    regions = len(values) - len(background)
+    if regions == 0:
+        raise StyleGalleryError(f"{name} is empty: every pixel is 0 (black); paint each region in its own value or "
+                                f"colour")
+    if regions > MAX_MASK_REGIONS:
+        raise StyleGalleryError(f"{name} has {regions} different values: a label image has one flat value or colour "
+                                f"per region (at most {MAX_MASK_REGIONS}); save it as PNG, not JPEG")
+    kept = np.array([v for v in np.argsort(first, kind="stable") if v not in set(background)])
+    order = np.zeros(len(values), dtype=np.int64)
+    order[kept] = np.arange(1, regions + 1)
+    return order[labels]
+
+
+def load_masks(paths: dict[int, str], images: list, size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """``user_masks`` for segment from mask files: ``paths`` {image index (0 = content): mask file} of ``images``
+    (the content, then the references), each mask at its image's own size or the working ``size`` = (h, w)."""
+    out = {}
+    for index, path in sorted(paths.items()):
+        if not 0 <= index < len(images):
+            raise StyleGalleryError(f"a mask is given for reference {index}, but there are only {len(images) - 1} "
+                                    f"references (they count from 1)")
+        own = load_image(images[index])[0].size
+        out[index] = load_label_mask(path, [own, (size[1], size[0])])
+    return out

@@ -37,6 +37,7 @@ from .results import Inversion, Matching, Prepared, Segmentation, Stylization
 from .settings import STAGE_SETTINGS, STAGES, Values, check_settings, split_by_stage
 from .stages.attention import feature_block_index, install_recorder
 from .stages.attention_maps import AttentionMaps, attention_maps
+from .stages.colours import keep_colours
 from .stages.inversion import aggregate_features, invert, temporal_weights
 from .stages.matching import score_matrices
 from .stages.segmentation import mask_to_grid, segment_features
@@ -386,13 +387,14 @@ class StyleGallery(LoraLoaderMixin):
         z = (normalized_start(inversion.final_latents[:1].to(self.device)) if s.init is None
              else s.init.latent.to(self.device))
         labels, conditions = segmentation.labels, self._conditions(prepared, 1)
+        weights = self._region_weights(s, n_regions)
         loss_at = style_transfer_loss(
             lambda latent, t: self.recorder.run(self.unet, latent.to(self.dtype), t, self.backbone.embedding,
                                                 keep=("q", "o"), added_cond_kwargs=conditions),
             lambda t: self._attention_features(prepared, t, layers, s.feature_precision),
             functools.lru_cache(lambda tokens: region_plan(labels[0], list(labels[1:]), matching.matches, tokens,
                                                            self.device)),
-            n_regions, c_ratio=s.c_ratio, query_scale=s.query_scale, region_attention=s.region_attention)
+            n_regions, c_ratio=s.c_ratio, query_scale=s.query_scale, region_attention=s.region_attention, **weights)
         self.feature_cache.start_run()
         with self._training(s.gradient_checkpointing or self.low_memory):
             run = optimize_latent(z, timesteps, loss_at, lr=s.lr, iters=s.iters, start=start, callback=s.callback,
@@ -400,10 +402,29 @@ class StyleGallery(LoraLoaderMixin):
                                   preview_every=s.preview_every, progress=s.progress)
         settings = dict(STAGE_SETTINGS["stylize"].record(s), loss_layers=layers, start_step=start, warm=s.init is not None,
                         model=self.stylize_model, lora=None if self.lora is None else self.lora.info.as_dict())
-        result = Stylization(run.latent.cpu(), self.decode(run.latent), run.history, run.stopped, settings)
+        pixels = self.decode(run.latent)
+        if s.keep_colours:
+            pixels = keep_colours(pixels, prepared.pixels[0])
+        result = Stylization(run.latent.cpu(), pixels, run.history, run.stopped, settings)
         if plan is None or run.stopped:
             return result
         return self._refine_at_output_size(prepared, segmentation, matching, result, plan, layers, timesteps, s)
+
+    def _region_weights(self, s: Values, n_regions: int) -> dict[str, torch.Tensor | None]:
+        """``region_strength`` and ``region_content_weight`` as (n_regions,) weights for the energy (None where
+        every region weighs 1: the paper's loss, bit for bit)."""
+        out = {}
+        for name, key in (("region_strength", "style_weights"), ("region_content_weight", "content_weights")):
+            given = s[name] or {}
+            outside = sorted(r for r in given if r >= n_regions)
+            if outside:
+                raise StyleGalleryError(f"{name} names region {outside[0]}, but the content has {n_regions} regions "
+                                        f"(0..{n_regions - 1}): see the segmentation's region map")
+            weights = torch.ones(n_regions, device=self.device)
+            for region, weight in given.items():
+                weights[region] = float(weight)
+            out[key] = None if bool((weights == 1).all()) else weights
+        return out
 
     @property
     def native_size(self) -> int:
@@ -468,6 +489,7 @@ class StyleGallery(LoraLoaderMixin):
         style_labels = list(segmentation.labels[1:])
         n_regions = segmentation.n_regions(0)
         embedding = self.backbone.embedding
+        weights = self._region_weights(s, n_regions)
 
         def style_tokens(tokens: int, window) -> int:
             factor = round((window.height * window.width / tokens) ** 0.5)
@@ -499,7 +521,7 @@ class StyleGallery(LoraLoaderMixin):
                 lambda latent, t: self.recorder.run(self.unet, latent.to(self.dtype), t, embedding, keep=("q", "o"),
                                                     added_cond_kwargs=conditions),
                 features_at, plans[i], n_regions, c_ratio=s.c_ratio, query_scale=s.query_scale,
-                region_attention=s.region_attention)(t)
+                region_attention=s.region_attention, **weights)(t)
 
         refine = s.steps - (max(1, round(s.steps * REFINE_FRACTION)) if s.refine_steps is None else s.refine_steps)
         bar = tqdm(total=len(plan.windows), desc="windows", disable=not s.progress or len(plan.windows) == 1,
@@ -525,6 +547,9 @@ class StyleGallery(LoraLoaderMixin):
             bar.close()
         with tiled(self.vae, size):
             pixels = self.decode(run.latent)
+        if s.keep_colours:
+            pixels = keep_colours(pixels, resized(prepared.pixels[0] if prepared.original is None else prepared.original,
+                                                  size))
         settings = dict(working.settings, output={
             "size": list(size), "windows": len(plan.windows), "window": plan.window * 8, "stride": plan.stride * 8,
             "refine_start_step": refine, "stopped_early": run.stopped})

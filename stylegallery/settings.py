@@ -99,6 +99,32 @@ def _masks(name: str, value) -> None:
         raise StyleGalleryError(f"user_masks must be a dict {{image index: label map}} (got {type(value).__name__})")
 
 
+def _region_weights(name: str, value) -> None:
+    if not isinstance(value, Mapping):
+        raise StyleGalleryError(f"{name} must be a dict {{content region: weight}} (got {value!r}), e.g. {{2: 0.3}}; "
+                                f"on the command line 2=0.3")
+    for region, weight in value.items():
+        if isinstance(region, bool) or not isinstance(region, numbers.Integral) or region < 0:
+            raise StyleGalleryError(f"{name}: regions are numbered from 0 (got {region!r})")
+        number(0)(f"{name}[{region}]", weight)
+
+
+def region_weights(text: str) -> dict[int, float]:
+    """``"2=0.3;0=1.5"`` (or ``,``-separated, as in a plan cell or on the command line) as ``{2: 0.3, 0: 1.5}``."""
+    out = {}
+    for item in (part.strip() for part in str(text).replace(",", ";").split(";")):
+        if not item:
+            continue
+        region, sep, weight = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[int(region)] = float(weight)
+        except ValueError:
+            raise StyleGalleryError(f"cannot read {item!r} as REGION=WEIGHT (e.g. 2=0.3)") from None
+    return out
+
+
 def _layers(name: str, value) -> None:
     if isinstance(value, (str, bytes)) or not all(isinstance(i, numbers.Integral) for i in value) or not len(value):
         raise StyleGalleryError(f"loss_layers must be a list of self-attention layer indices (got {value!r})")
@@ -124,6 +150,7 @@ class Setting:
     doc: str
     check: Callable[[str, Any], None] | None = None
     runtime: bool = False
+    parse: Callable[[str], Any] | None = None  # its value from text (a plan cell, a command-line value)
 
     def validate(self, value) -> None:
         if self.check is not None and not (value is None and self.default is None):
@@ -208,9 +235,12 @@ class StageSettings:
 
 
 def _plain(value):
-    """A setting's value as JSON: dtypes by name, tuples as lists, a user's masks by their hashes."""
+    """A setting's value as JSON: dtypes by name, tuples as lists, per-region weights as they are, a user's masks by
+    their hashes."""
     if isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")
+    if isinstance(value, Mapping) and all(isinstance(v, numbers.Real) for v in value.values()):
+        return {str(k): float(v) for k, v in sorted(value.items())}
     if isinstance(value, Mapping):
         return {str(k): hashlib.sha256(np.ascontiguousarray(np.asarray(v)).tobytes()).hexdigest()[:16]
                 for k, v in value.items()}
@@ -314,6 +344,15 @@ STAGE_SETTINGS = {
         Setting("refine_steps", None, "int | None",
                 "ours: with output_size, how many of the last timesteps refine at the output size (default 30% of "
                 "steps)", number(1, whole=True)),
+        Setting("region_strength", None, "dict[int, float] | None",
+                "ours: a weight per content region on its style loss (0 keeps the content there, 1 the paper's, above 1 "
+                "stronger); regions not named weigh 1", _region_weights, parse=region_weights),
+        Setting("region_content_weight", None, "dict[int, float] | None",
+                "ours: a weight per content region on its content loss (above 1 holds the content closer there); "
+                "regions not named weigh 1", _region_weights, parse=region_weights),
+        Setting("keep_colours", False, "bool",
+                "ours: the result keeps the content's colours: its lightness with the content's chroma (CIELAB a*, "
+                "b*)", flag),
         Setting("init", None, "Stylization | None",
                 "ours: an earlier result of the same images to continue from (a warm re-run)", runtime=True),
         Setting("start_step", None, "int | None",

@@ -45,3 +45,15 @@ def planted_stages(pipe, planted_run):
     prepared, inversion, _ = planted_run
     segmentation = pipe.segment(prepared, inversion, n_clusters=3, use_depth=False, progress=False)
     return prepared, inversion, segmentation, pipe.match(prepared, inversion, segmentation)
+
+
+@pytest.fixture()
+def images(tmp_path):
+    """A 96 px content of three vertical bands and a reference of three rows, as PNG files."""
+    from synthetic import planted
+
+    content, _ = planted(96, "bands")
+    style, _ = planted(96, "rows", ("yellow", "green", "red"))
+    content.save(tmp_path / "content.png")
+    style.save(tmp_path / "style.png")
+    return tmp_path / "content.png", tmp_path / "style.png"

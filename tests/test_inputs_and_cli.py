@@ -15,16 +15,6 @@ from stylegallery.tools.cli import main
 from stylegallery.images import check_size, load_image
 
 
-@pytest.fixture()
-def images(tmp_path):
-    from synthetic import planted
-
-    content, _ = planted(96, "bands")
-    style, _ = planted(96, "rows", ("yellow", "green", "red"))
-    content.save(tmp_path / "content.png")
-    style.save(tmp_path / "style.png")
-    return tmp_path / "content.png", tmp_path / "style.png"
-
 
 def test_unusual_modes_are_converted(tmp_path):
     grey16 = Image.fromarray((np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16))

@@ -4,6 +4,8 @@ For every content region, :func:`region_scores` measures
 
 * **colour distance**: the sliced Wasserstein distance (:func:`sliced_wasserstein`) between the region's pixels in
   the result and the pixels of a style region, both in CIE Lab;
+* **colour change**: the same distance between the region's pixels in the result and in the content image (how far
+  the region's colours moved; ``keep_colours`` keeps it small);
 * **latent-statistics distance**: the AdaIN-style distance (:func:`latent_stat_distance`) between the per-channel
   mean and standard deviation of SD's VAE latent (4 channels, latent resolution) of the stylized latent inside the
   region and of the style reference's latent inside a style region;
@@ -171,6 +173,7 @@ class RegionScores:
     settings: dict = field(default_factory=dict)
     content_loss: np.ndarray | None = None  # (R,) stage 4's content loss per region (StyleGallery.region_scores)
     content_loss_whole: float | None = None
+    colour_change: np.ndarray | None = None  # (R,) sliced Wasserstein in Lab: result region vs the same content region
 
     @property
     def n_regions(self) -> int:
@@ -212,6 +215,7 @@ class RegionScores:
                 "share": _value(self.share[r]),
                 "colour_distance": self._matched(self.colour, r),
                 "colour_distance_before": self._matched(self.colour_before, r),
+                "colour_change": None if self.colour_change is None else _value(self.colour_change[r]),
                 "latent_stat_distance": self._matched(self.latent, r),
                 "nearest_colour": self._nearest(self.colour, r),
                 "nearest_latent": self._nearest(self.latent, r),
@@ -231,6 +235,7 @@ class RegionScores:
             "matches": [None if m is None else list(map(int, m)) for m in self.matches],
             "colour": matrix(self.colour),
             "colour_before": matrix(self.colour_before),
+            "colour_change": None if self.colour_change is None else [_value(v) for v in self.colour_change],
             "latent": matrix(self.latent),
             "ssim": [_value(v) for v in self.ssim],
             "ssim_whole": _value(self.ssim_whole),
@@ -252,7 +257,8 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
     ``n_quantiles`` quantiles; a region of more than ``max_points`` pixels is represented by that many drawn at
     random with ``seed``, so results stay deterministic) between the result's pixels in each content region
     (``segmentation.labels[0]`` upsampled to the image) and the pixels of each style region of
-    ``prepared.pixels[1 + reference]``; also from the content image, as a before value. Latent: :func:`latent_stat_distance` between ``stylization.latent`` in
+    ``prepared.pixels[1 + reference]``; also from the content image, as a before value; and between the result's and the
+    content's pixels in the same region (``colour_change``). Latent: :func:`latent_stat_distance` between ``stylization.latent`` in
     each content region and ``prepared.latents[1 + reference]`` in each style region. SSIM: :func:`ssim` of the
     content image and the result. ``content_loss``: (whole, per region) to record, as
     ``StyleGallery.content_loss_regions`` gives.
@@ -268,8 +274,10 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
     colours = _ColourSignatures(projection_directions(3, n_projections, seed), n_quantiles, max_points, seed)
     style_lab = {1 + j: lab(prepared.pixels[1 + j]) for j in sorted({ref for ref, _ in columns})}
     style_sig = [colours(style_lab[1 + ref], labels[1 + ref], [region])[0] for ref, region in columns]
-    result_colour = _sw_matrix(colours(lab(result), labels[0], range(n_content)), style_sig)
-    content_colour = _sw_matrix(colours(lab(content), labels[0], range(n_content)), style_sig)
+    result_sig = colours(lab(result), labels[0], range(n_content))
+    content_sig = colours(lab(content), labels[0], range(n_content))
+    result_colour, content_colour = _sw_matrix(result_sig, style_sig), _sw_matrix(content_sig, style_sig)
+    change = np.array([_sw_matrix([a], [b])[0, 0] for a, b in zip(result_sig, content_sig)])
     latent = _latent_distances(stylization.latent, labels, prepared.latents, columns, n_content)
     whole, per_region = ssim(content, result, labels[0])
     per_region = np.concatenate([per_region, np.full(max(0, n_content - len(per_region)), np.nan)])[:n_content]
@@ -283,7 +291,7 @@ def region_scores(prepared: Prepared, segmentation: Segmentation, matching: Matc
         raise StyleGalleryError("the content loss does not belong to this segmentation")
     return RegionScores(columns, matches, result_colour, content_colour, latent, per_region, whole,
                         share, settings, None if content_loss is None else np.asarray(content_loss[1], float),
-                        None if content_loss is None else float(content_loss[0]))
+                        None if content_loss is None else float(content_loss[0]), change)
 
 
 # ------------------------------------------------------------------------------------------------ LPIPS

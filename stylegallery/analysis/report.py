@@ -18,14 +18,16 @@ def peak_memory_mb(device: torch.device) -> dict:
 
 
 #: Stylize settings a report takes from the run (they may come from a preset or a default): the loop's, and those of
-#: a refinement at ``output_size`` (None without one).
-RESOLVED = ("steps", "iters", "lr", "c_ratio", "scheduler", "output_size", "window", "window_stride", "refine_steps")
+#: a refinement at ``output_size`` (None without one), and the region controls.
+RESOLVED = ("steps", "iters", "lr", "c_ratio", "scheduler", "output_size", "window", "window_stride", "refine_steps",
+            "region_strength", "region_content_weight", "keep_colours")
 
 
 def run_report(pipe, out, settings: dict) -> dict:
     """The report of ``out`` (a ``StyleGalleryOutput`` of ``pipe``); ``settings``: the run's own settings (size,
     seed, ...), to which the stylize settings the run resolved (:data:`RESOLVED`) are added; ``output``: the
-    refinement at the output size (its size, windows, first refined step), or None."""
+    refinement at the output size (its size, windows, first refined step), or None; ``user_masks``: a hash of each
+    mask the user gave, by image index, or None."""
     scores = pipe.region_scores(out.prepared, out.segmentation, out.matching, out.stylization)
     names = ["content"] + [f"style{j + 1}" for j in range(out.prepared.n_styles)]
     return {
@@ -38,6 +40,7 @@ def run_report(pipe, out, settings: dict) -> dict:
         "settings": dict(settings, **{k: out.stylization.settings[k] for k in RESOLVED if k in out.stylization.settings}),
         "output": out.stylization.settings.get("output"),
         "lora": out.stylization.settings["lora"],
+        "user_masks": out.segmentation.settings.get("user_masks"),
         "regions": {name: out.segmentation.n_regions(i) for i, name in enumerate(names)},
         "silhouette": out.segmentation.silhouette,
         "matches": out.matching.table(),

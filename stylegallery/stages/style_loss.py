@@ -122,9 +122,13 @@ def region_style_loss(out, target, plan: RegionPlan, n_regions: int, mode: str =
     return sums / counts
 
 
-def content_loss(q, q_content) -> torch.Tensor:
-    """Mean absolute difference of the queries."""
-    return (q.float() - q_content.float()).abs().mean()
+def content_loss(q, q_content, token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute difference of the queries (heads, N, d); with ``token_weights`` (N,), each token's mean
+    difference times its weight, averaged over the tokens (ours: per-region content weights)."""
+    gap = (q.float() - q_content.float()).abs()
+    if token_weights is None:
+        return gap.mean()
+    return (gap.mean(dim=(0, 2)) * token_weights).mean()
 
 
 def content_loss_per_region(q_result: dict, q_content: dict, labels: torch.Tensor, n_regions: int) -> tuple[float, np.ndarray]:

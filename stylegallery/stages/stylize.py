@@ -142,6 +142,8 @@ def style_transfer_loss(
     c_ratio: float,
     query_scale: float,
     region_attention: str,
+    style_weights: torch.Tensor | None = None,
+    content_weights: torch.Tensor | None = None,
 ) -> Callable[[int], Callable[[torch.Tensor], LossParts]]:
     """StyleGallery's ``loss_at`` for :func:`optimize_latent` (docs/method.md, stage 4).
 
@@ -151,6 +153,11 @@ def style_transfer_loss(
     resolution. Per layer, the style target is the attention of the pass's own queries (detached, times
     ``query_scale``) over each matched style region's keys and values; the content loss compares the queries with
     the clean content's. ``total = style + c_ratio * content``.
+
+    Ours, for per-region control: ``style_weights`` (n_regions,) multiplies each region's style loss (the reported
+    per-region and total style losses are the weighted ones); ``content_weights`` (n_regions,) weighs each query
+    token's content error by its region's weight (the mean over tokens stays the normalisation, so all ones is the
+    paper's loss). None leaves the paper's loss untouched, bit for bit.
     """
 
     def loss_at(t: int) -> Callable[[torch.Tensor], LossParts]:
@@ -159,7 +166,12 @@ def style_transfer_loss(
 
         def loss(z: torch.Tensor) -> LossParts:
             records = run_unet(z, t)
-            l_content = sum(content_loss(records[l]["q"][0], q_content[l]) for l in layers)
+            if content_weights is None:
+                l_content = sum(content_loss(records[l]["q"][0], q_content[l]) for l in layers)
+            else:
+                l_content = sum(content_loss(records[l]["q"][0], q_content[l],
+                                             content_weights[plan_for(q_content[l].shape[1]).content_region])
+                                for l in layers)
             per_region = 0
             for l in layers:
                 plan = plan_for(q_content[l].shape[1])
@@ -168,6 +180,8 @@ def style_transfer_loss(
                                            region_attention, query_scale)
                 per_region = per_region + region_style_loss(records[l]["o"][0], target, plan, n_regions,
                                                             region_attention)
+            if style_weights is not None:
+                per_region = per_region * style_weights
             l_style = per_region.sum()
             return LossParts(l_style + c_ratio * l_content, l_content, l_style, per_region)
 

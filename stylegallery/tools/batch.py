@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import StyleGalleryError
+from ..images import check_size, load_masks
 from ..progress import tqdm
 from ..results import region_png, write_atomic
 from ..settings import STAGE_SETTINGS, STAGES
@@ -38,7 +39,7 @@ __all__ = ["BatchRun", "Job", "failed_in_summary", "job_settings", "plan_from_fo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 #: plan columns (CSV) or keys (JSONL) that name the images rather than settings
-IMAGE_FIELDS = ("content", "styles", "style")
+IMAGE_FIELDS = ("content", "styles", "style", "content_mask", "style_masks")
 SUMMARY_NAME, GALLERY_NAME, JOBS_DIR = "summary.csv", "gallery.html", "jobs"
 
 
@@ -59,12 +60,22 @@ class Job:
     content: str
     styles: list[str]
     settings: dict = field(default_factory=dict)
+    masks: dict[int, str] = field(default_factory=dict)  # image index (0 = content, 1.. references): mask file
     problem: str | None = None  # found while planning (e.g. an unknown setting): the job fails without running
 
 
 # ---------------------------------------------------------------------------------------------- plans
 def _coerce(name: str, value, default):
-    """A plan value (text from CSV, JSON value from JSONL) as the type of the setting's default."""
+    """A plan value (text from CSV, JSON value from JSONL) as the type of the setting's default (or as the setting
+    reads its text, e.g. ``2=0.3`` for per-region weights)."""
+    parse = next((d[name].parse for d in STAGE_SETTINGS.values() if name in d), None)
+    if isinstance(value, str) and parse is not None:
+        try:
+            return parse(value)
+        except StyleGalleryError as exc:
+            raise ValueError(str(exc)) from None
+    if isinstance(value, dict) and parse is not None:  # JSONL: {"2": 0.3}
+        return {int(k): v for k, v in value.items()}
     if isinstance(value, str):
         text = value.strip()
         if isinstance(default, bool):
@@ -98,6 +109,10 @@ def _row_job(row: int, fields: dict, base: Path, known: dict) -> Job:
         raise StyleGalleryError(f"row {row} of the plan has no style reference (a 'styles' field, ';'-separated)")
     resolve = lambda p: str(p) if Path(p).is_absolute() else str(base / p)  # noqa: E731
     job = Job(row, resolve(str(content).strip()), [resolve(str(s).strip()) for s in styles])
+    try:
+        job.masks = {i: resolve(p) for i, p in _mask_fields(fields, len(styles)).items()}
+    except ValueError as exc:
+        job.problem = str(exc)
     for name, value in fields.items():
         if name in IMAGE_FIELDS or value in (None, ""):
             continue
@@ -109,6 +124,22 @@ def _row_job(row: int, fields: dict, base: Path, known: dict) -> Job:
         except ValueError as exc:
             job.problem = f"bad value for {name}: {exc}"
     return job
+
+
+def _mask_fields(fields: dict, n_styles: int) -> dict[int, str]:
+    """A row's masks: ``content_mask`` (a file) and ``style_masks`` (``N=FILE`` items separated by ``;``, N the
+    reference's number from 1; in JSONL also an object {"N": FILE})."""
+    masks = {0: str(fields["content_mask"]).strip()} if fields.get("content_mask") not in (None, "") else {}
+    items = fields.get("style_masks") or {}
+    if isinstance(items, str):
+        items = dict(item.split("=", 1) if "=" in item else ("", item) for item in items.split(";") if item.strip())
+    for number, path in dict(items).items():
+        number = str(number).strip()
+        if not number.isdigit() or not 1 <= int(number) <= n_styles:
+            raise ValueError(f"style_masks takes N=FILE items, N a reference's number from 1 to {n_styles} "
+                             f"(got {number!r}={path!r})")
+        masks[int(number)] = str(path).strip()
+    return masks
 
 
 def read_plan(path: str | os.PathLike) -> list[Job]:
@@ -198,6 +229,7 @@ def job_name(job: Job, settings: dict, model: dict) -> str:
     digest = hashlib.sha256(json.dumps({
         "content": _file_hash(job.content), "styles": [_file_hash(s) for s in job.styles],
         "settings": settings, "model": model,
+        **({"masks": {str(i): _file_hash(p) for i, p in sorted(job.masks.items())}} if job.masks else {}),
     }, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{_slug(job.content)}--{'+'.join(_slug(s) for s in job.styles)[:48]}--{digest}"
 
@@ -241,6 +273,8 @@ def _run_job(pipe, job: Job, settings: dict, folder: Path, info: dict, progress:
             raise StyleGalleryError(f"image file not found: {name}")
     run = dict(settings)
     preset = run.pop("fast", None)
+    if job.masks:
+        run["user_masks"] = load_masks(job.masks, [job.content] + job.styles, check_size(run.get("size", 512)))
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipe.device)
     misses = pipe.inversion_cache.misses
@@ -256,7 +290,8 @@ def _run_job(pipe, job: Job, settings: dict, folder: Path, info: dict, progress:
         digests[name] = _sha256(folder / name)
     report = run_report(pipe, out, settings)
     seconds = time.perf_counter() - start  # the whole job, as its progress bar counts it: stages, scores and files
-    report["batch"] = dict(info, row=job.row, content_path=job.content, style_paths=job.styles, seconds=round(seconds, 3),
+    report["batch"] = dict(info, row=job.row, content_path=job.content, style_paths=job.styles,
+                           mask_paths={str(i): p for i, p in sorted(job.masks.items())}, seconds=round(seconds, 3),
                            inversions=pipe.inversion_cache.misses - misses, outputs=digests)
     _write_json(folder / "report.json", report)
     (folder / "error.json").unlink(missing_ok=True)

@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", required=True, help="output image (PNG or JPEG)")
     _add_model_options(run)
     _add_settings(run)
+    run.add_argument("--content-mask", metavar="FILE", help="regions of the content given by you: a label image (each "
+                     "colour or value one region, black none, as LabelMe's label.png) or a binary mask, at the "
+                     "image's size or the working size; they override the clusters there")
+    run.add_argument("--style-mask", metavar="N=FILE", action="append", default=[],
+                     help="the same for reference N (counted from 1); repeat for several")
     run.add_argument("--report", help="write a JSON report here")
     run.add_argument("--save-regions", metavar="DIR", help="write each image's region map as a PNG here")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -90,6 +95,13 @@ def _add_settings(parser) -> None:
     parser.add_argument("--region-attention", choices=("zeroed", "masked"), default="zeroed",
                         help="zeroed: the authors' region masking (default); masked: ours, attention only inside the region")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--region-strength", metavar="R=W[,R=W...]", default=None,
+                        help="ours: style strength per content region (0 keeps the content, 1 the paper's, above 1 "
+                             "stronger), e.g. 2=0.3; regions are numbered as in --save-regions' maps")
+    parser.add_argument("--region-content-weight", metavar="R=W[,R=W...]", default=None,
+                        help="ours: content-loss weight per content region (above 1 holds the content closer)")
+    parser.add_argument("--keep-colours", action="store_true",
+                        help="ours: keep the content's colours (the result's lightness with the content's chroma)")
     parser.add_argument("--output-size", type=int, default=None, metavar="N",
                         help="ours: the result's long side in pixels (aspect of the content kept), refined in windows "
                              "after the working-size run; at least --size")
@@ -99,6 +111,19 @@ def _add_settings(parser) -> None:
                         help="with --output-size: pixels between windows, a multiple of 8 (3/4 of the window)")
     parser.add_argument("--refine-steps", type=int, default=None, metavar="N",
                         help="with --output-size: last timesteps refined at the output size (30%% of --steps)")
+
+
+def _mask_paths(args) -> dict[int, str]:
+    """{image index: mask file} of --content-mask and --style-mask N=FILE."""
+    paths = {0: args.content_mask} if args.content_mask else {}
+    for item in args.style_mask:
+        number, sep, path = item.partition("=")
+        if not sep or not number.strip().isdigit() or not path:
+            raise StyleGalleryError(f"--style-mask takes N=FILE, the reference's number from 1 (got {item!r})")
+        if not 1 <= int(number) <= len(args.styles):
+            raise StyleGalleryError(f"--style-mask {item}: there are {len(args.styles)} references, numbered from 1")
+        paths[int(number)] = path
+    return paths
 
 
 def _load_pipe(args, device: str | None = None):
@@ -126,13 +151,20 @@ def _outputs(args) -> list[Path]:
 
 
 def _check(args) -> None:
-    from ..settings import check_settings
+    from ..settings import check_settings, region_weights
     from ..stages.windows import output_pixels
 
+    for name in ("region_strength", "region_content_weight"):
+        if isinstance(getattr(args, name), str):
+            try:
+                setattr(args, name, region_weights(getattr(args, name)))
+            except StyleGalleryError as exc:
+                raise StyleGalleryError(f"--{name.replace('_', '-')}: {exc}") from None
     check_settings(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters,
                    steps=args.steps, iters=args.iters, lr=args.lr, c_ratio=args.c_ratio, seed=args.seed,
                    output_size=args.output_size, window=args.window, window_stride=args.window_stride,
-                   refine_steps=args.refine_steps)
+                   refine_steps=args.refine_steps, region_strength=args.region_strength,
+                   region_content_weight=args.region_content_weight)
     if args.output_size is not None:
         output_pixels(args.output_size, (args.size, args.size), (args.size, args.size))
     elif any(v is not None for v in (args.window, args.window_stride, args.refine_steps)):
@@ -143,6 +175,7 @@ def _run(args) -> None:
     import torch
 
     from ..analysis.report import run_report
+    from ..images import load_masks
     from ..results import region_png, write_atomic
 
     _check(args)
@@ -155,10 +188,11 @@ def _run(args) -> None:
     for name in [args.content] + args.styles:
         if not Path(name).is_file():
             raise StyleGalleryError(f"image file not found: {name}")
+    masks = load_masks(_mask_paths(args), [args.content] + args.styles, (args.size, args.size))
     pipe = _load_pipe(args)
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipe.device)
-    settings = _job_settings(args)
+    settings = dict(_job_settings(args), **({"user_masks": masks} if masks else {}))
     out = pipe(args.content, args.styles, preset=settings.pop("fast", None), progress=not args.quiet, **settings)
     write_atomic(args.output, lambda tmp: out.image.save(tmp, format=_image_format(args.output)))
     if args.save_regions:
@@ -179,7 +213,10 @@ def _job_settings(args) -> dict:
                   gradient_checkpointing=args.low_memory, fast=args.fast)
     chosen.update({k: v for k, v in dict(steps=args.steps, iters=args.iters, c_ratio=args.c_ratio, lr=args.lr,
                                          output_size=args.output_size, window=args.window,
-                                         window_stride=args.window_stride, refine_steps=args.refine_steps).items()
+                                         window_stride=args.window_stride, refine_steps=args.refine_steps,
+                                         region_strength=args.region_strength,
+                                         region_content_weight=args.region_content_weight,
+                                         keep_colours=args.keep_colours or None).items()
                    if v is not None})
     return chosen
 
