@@ -162,6 +162,20 @@ class Segmentation(_Stage):
         settings = dict(self.settings, edited=True)
         return Segmentation(labels, self.silhouette, self.chosen_k, settings)
 
+    def repaint(self, index: int, labels) -> "Segmentation":
+        """A copy where image ``index`` has the region map ``labels`` (its latent grid, e.g. painted with
+        :mod:`stylegallery.stages.painting`); numbers with no cell are dropped and the others move down, keeping
+        their order."""
+        array = np.asarray(labels)
+        if array.shape != tuple(self.labels.shape[-2:]):
+            raise StyleGalleryError(f"a region map of image {index} must have the latent grid "
+                                    f"{tuple(self.labels.shape[-2:])} (got {array.shape})")
+        if not np.issubdtype(array.dtype, np.integer) or array.min() < 0:
+            raise StyleGalleryError("a region map holds region numbers: whole numbers from 0")
+        new = self.labels.clone()
+        new[index] = torch.from_numpy(np.unique(array, return_inverse=True)[1].reshape(array.shape)).long()
+        return Segmentation(new, self.silhouette, self.chosen_k, dict(self.settings, edited=True))
+
 
 @dataclass
 class Matching(_Stage):

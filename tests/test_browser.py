@@ -301,7 +301,8 @@ def _check_tabs(page, explorer, when: str) -> None:
     for index, name in ((1, "attention map"), (0, "match matrix")):
         explorer.get_by_role("tab", name=name).click()
         page.wait_for_function(
-            "(name) => document.querySelector('.sg-explorer .lm-TabBar-tab.lm-mod-current')?.textContent === name",
+            "(name) => [...document.querySelectorAll('.sg-explorer .lm-TabBar-tab.lm-mod-current')]"
+            ".some((tab) => tab.textContent === name)",
             arg=name, timeout=10_000)
         other = next(n for n in panels if n != name)
         assert panels[name].first.is_visible() and not panels[other].first.is_visible(), (when, name)
@@ -568,6 +569,57 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     page.wait_for_function("() => document.querySelectorAll('.sg-explorer .sg-region-view').length === 3")
     explorer.screenshot(path=str(SCREENSHOTS / f"sg_{front}_stage_explorer_segment.png"))
     explorer_height = max(explorer_height, explorer.bounding_box()["height"])
+
+    # its paint tab: a lasso dragged over the content paints a new region in the kernel; apply puts it into the
+    # session and the match stage runs again with it
+    explorer.get_by_role("tab", name="paint").click()
+    painter = explorer.locator(".sg-mask-painter")
+    page.wait_for_selector(".sg-explorer canvas.sg-mp-canvas[data-drawn='1']", timeout=30_000)
+    assert painter.is_visible() and not explorer.locator(".sg-region-view").first.is_visible()
+    regions_before = int(painter.locator("canvas").get_attribute("data-regions"))
+    painter.get_by_role("button", name="lasso").click()
+    page.wait_for_function("() => document.querySelector('.sg-explorer .sg-mp-tool.sg-chip-on')?.dataset.tool === 'lasso'")
+    canvas = painter.locator("canvas.sg-mp-canvas")
+    canvas.hover(position={"x": 5, "y": 5})  # scrolled into view and still: the box below holds for the drag
+    box = canvas.bounding_box()
+    corners = [(0.2, 0.2), (0.2, 0.6), (0.6, 0.6), (0.6, 0.2), (0.21, 0.2)]
+    page.mouse.move(box["x"] + corners[0][1] * box["width"], box["y"] + corners[0][0] * box["height"])
+    page.mouse.down()
+    for row, col in corners[1:]:
+        page.mouse.move(box["x"] + col * box["width"], box["y"] + row * box["height"], steps=6)
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('.sg-explorer canvas.sg-mp-canvas').dataset.strokes === '1'",
+                           timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.sg-explorer .sg-mask-painter .sg-status').textContent"
+                           ".startsWith('painted ')")
+    painted = _scratch(page, 'p = explorer.painter\nprint("PAINT=" + json.dumps({"target": p.target, "cells": '
+                             'int((p.label_map() == p.target).sum()), "centre": int(p.label_map()[6, 6]), '
+                             '"corner": int(p.label_map()[0, 0])}))', "PAINT")
+    # 128 px: a 16 x 16 grid; the loop from 0.2 to 0.6 of each side (3.2 to 9.6 cells) holds the cells 3..9
+    assert painted["cells"] == 49 and painted["centre"] == painted["target"] != painted["corner"], painted
+    assert int(canvas.get_attribute("data-regions")) == regions_before + 1
+    painter.screenshot(path=str(SCREENSHOTS / f"sg_{front}_mask_painter.png"))
+    painter.get_by_role("button", name="apply and match").click()
+    page.wait_for_function("() => document.querySelector('.sg-explorer .sg-mask-painter .sg-status').textContent"
+                           ".startsWith('applied: ')", timeout=60_000)
+    applied = _scratch(page, 'print("APPLIED=" + json.dumps({"regions": session.segmentation.n_regions(0), '
+                             '"matches": len(session.matching.matches), "stale": session.stale, '
+                             '"square": int(session.segmentation.labels[0, 6, 6]), '
+                             '"cells": int((session.segmentation.labels[0] == session.segmentation.labels[0, 6, 6]).sum())}))',
+                       "APPLIED")
+    assert applied["regions"] == regions_before + 1 == applied["matches"] and applied["cells"] == 49, applied
+    assert applied["stale"] == ["stylize"], applied
+    # the match fold shows the painted region as a row of its matrix
+    _fold(page, explorer, "4 · match")
+    explorer.get_by_role("tab", name="match matrix").click()
+    page.wait_for_function(
+        "(n) => JSON.parse(document.querySelector('.sg-explorer .sg-mm-table').dataset.matches).length === n",
+        arg=applied["regions"], timeout=30_000)
+    assert "done" in explorer.locator(".jupyter-widget-Collapse-header", has_text="4 · match").first.text_content()
+    explorer.screenshot(path=str(SCREENSHOTS / f"sg_{front}_stage_explorer_painted.png"))
+    _fold(page, explorer, "3 · segment")
+    explorer.get_by_role("tab", name="regions").click()
+    page.wait_for_function("() => document.querySelectorAll('.sg-explorer .sg-region-view').length === 3")
     # the match stage's: the matrix and the attention view of the same session, its heat maps drawn
     _fold(page, explorer, "4 · match")
     explorer.get_by_role("tab", name="attention map").click()

@@ -204,3 +204,75 @@ def test_batch_plans_take_masks_and_region_weights(model_dir, images, tmp_path, 
     assert reports[1]["batch"]["mask_paths"] == {"0": str(tmp_path / "right.png")}
     failed = next(out.glob("jobs/*/error.json"))
     assert "mask file not found" in failed.read_text()
+
+
+# ------------------------------------------------------------------------------------------ painting by hand
+def test_brush_and_lasso_cover_the_cells_they_pass_over():
+    from stylegallery.stages.painting import brush_cells, lasso_cells
+
+    dab = brush_cells([[2.5, 3.5]], 0.5, (6, 8))
+    assert np.argwhere(dab).tolist() == [[2, 3]]
+    line = brush_cells([[1.5, 0.2], [1.5, 5.6]], 0.5, (4, 8))
+    assert np.argwhere(line).tolist() == [[1, c] for c in range(6)]
+    wide = brush_cells([[3.5, 3.5]], 1.5, (8, 8))  # centres within 1.5 cells: a plus of 5 and the 4 diagonals
+    assert wide.sum() == 9 and wide[2:5, 2:5].all()
+    square = lasso_cells([[1, 1], [1, 4], [4, 4], [4, 1]], (6, 6))
+    assert np.argwhere(square).tolist() == [[r, c] for r in range(1, 4) for c in range(1, 4)]
+    assert not lasso_cells([[1, 1], [3, 3]], (6, 6)).any()  # two points enclose nothing
+
+
+def test_paint_erase_grow_and_shrink():
+    from stylegallery.stages.painting import erase, grow, paint, shrink
+
+    base = np.zeros((6, 6), np.int64)
+    base[:, 3:] = 1
+    cells = np.zeros((6, 6), bool)
+    cells[2:4, 2:4] = True
+    painted = paint(base, cells, None)
+    assert (painted[cells] == 2).all() and (painted[~cells] == base[~cells]).all()
+    assert (paint(base, cells, 1)[cells] == 1).all()  # into an existing region: it grows there
+    assert np.array_equal(erase(painted, cells, base), base)
+    grown = grow(painted, 2)
+    assert (grown == 2).sum() == 4 + 8  # one cell out on every side of the 2 x 2 square (4-neighbours)
+    shrunk = shrink(grown, 2)
+    assert (shrunk == 2).sum() == 4 and set(np.unique(shrunk)) == {0, 1, 2}
+    # the cells given up go to the nearest other region: left of column 3 region 0, right of it region 1
+    assert shrunk[1, 2] == 0 and shrunk[1, 3] == 1
+    assert np.array_equal(shrink(painted, 2), painted)  # a 2 x 2 region would vanish: it stays
+
+
+def test_the_painter_paints_undoes_and_applies_to_the_session(pipe, planted_run):
+    from stylegallery import Session
+    from stylegallery.widgets import MaskPainter
+    from synthetic import planted_scene
+
+    (content, *refs), _ = planted_scene(256)
+    session = Session(pipe, content, refs, size=256, use_depth=False, n_clusters=3)
+    session.run("match", progress=False)
+    before = session.segmentation
+    painter = MaskPainter(session, index=0)
+    # a lasso around rows 8..15, columns 8..15 of the 32 x 32 grid: a new region
+    assert painter.stroke([[8, 8], [8, 16], [16, 16], [16, 8]], tool="lasso") > 0
+    square = np.zeros((32, 32), bool)
+    square[8:16, 8:16] = True
+    new = int(painter.label_map()[8, 8])
+    assert (painter.label_map()[square] == new).all() and not (painter.label_map()[~square] == new).any()
+    assert painter.target == new == before.n_regions(0)  # the next stroke goes on painting the new region
+    painter.grow()
+    assert (painter.label_map() == new).sum() == 64 + 32
+    painter.undo()
+    assert (painter.label_map() == new).sum() == 64 and painter.can_undo
+    painter.stroke([[12.5, 12.5]], tool="erase", radius=0.5)  # one cell back to the region it had
+    assert painter.label_map()[12, 12] == before.labels[0, 12, 12]
+    assert session.segmentation is before  # nothing reaches the session before apply
+    painted = painter.apply()
+    assert session.segmentation is painted and painted.n_regions(0) == before.n_regions(0) + 1
+    assert session.matching is not None and len(session.matching.matches) == painted.n_regions(0)
+    assert session.stale == ["stylize"] and painted.settings["edited"] is True
+    assert painter.status.startswith(f"applied: {painted.n_regions(0)} regions; matched again")
+    # a reference is painted the same way
+    painter.show(1)
+    painter.stroke([[0.5, 0.5], [0.5, 31.5]], tool="brush", radius=0.5, target=-1)
+    assert painter.apply(match=False).n_regions(1) == painted.n_regions(1) + 1 and session.matching is None
+    with pytest.raises(StyleGalleryError, match="nothing to undo"):
+        painter.undo()

@@ -1,6 +1,7 @@
 """Jupyter widgets for StyleGallery (anywidget; JupyterLab 4, Notebook 7, VS Code, Colab with ipywidgets 7 or 8).
 
-``RegionView`` (regions over an image: hover, pick, merge, re-segment with a chosen k), ``MatchMatrix``
+``RegionView`` (regions over an image: hover, pick, merge, re-segment with a chosen k), ``MaskPainter`` (paint,
+lasso, erase, grow or shrink regions, undo, apply and match again), ``MatchMatrix``
 (click a cell to override a match, keep content), ``AttentionView`` (click a content point: where the style
 loss's target attention sends it in every reference, by timestep, layer, head and mode), ``LossMonitor`` (live
 loss curves and previews with a Stop button), ``Compare`` (before/after slider) and ``StageExplorer`` (a fold
@@ -12,7 +13,8 @@ from .attention_view import AttentionView
 from .compare import Compare
 from .explorer import StageExplorer
 from .loss_monitor import LossMonitor
+from .mask_painter import MaskPainter
 from .match_matrix import MatchMatrix
 from .region_view import RegionView
 
-__all__ = ["AttentionView", "Compare", "LossMonitor", "MatchMatrix", "RegionView", "StageExplorer"]
+__all__ = ["AttentionView", "Compare", "LossMonitor", "MaskPainter", "MatchMatrix", "RegionView", "StageExplorer"]

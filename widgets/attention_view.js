@@ -92,13 +92,7 @@ function render({ model, el: root }) {
   }
 
   function draw() {
-    const ctx = canvas.getContext("2d");
-    if (bitmap && (canvas.width !== bitmap.width || canvas.height !== bitmap.height)) {
-      canvas.width = bitmap.width;
-      canvas.height = bitmap.height;
-    }
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    if (bitmap) ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    const ctx = paintPicture(canvas, bitmap);
     outlineRegion(ctx, model.get("region"));
     const point = queued || model.get("point") || [];
     const [H, W] = model.get("image_size") || [0, 0];

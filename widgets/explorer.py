@@ -21,11 +21,13 @@ from .shared.runs import RUNNING, BackgroundRun, check_idle, model_lock
 from .attention_view import AttentionView
 from .compare import Compare
 from .loss_monitor import LossMonitor
+from .mask_painter import MaskPainter
 from .match_matrix import MatchMatrix
 from .region_view import RegionView
 from .stage_controls import PAPER, STYLE, TITLES, badge, current_preset, preset_options, stage_controls
 
 MATCH_TABS = ("match matrix", "attention map")
+SEGMENT_TABS = ("regions", "paint")
 
 class StageExplorer(StaticReprMixin, W.VBox):
     """Step through StyleGallery stage by stage: one fold per stage (the running or first stale one open) with
@@ -71,6 +73,8 @@ class StageExplorer(StaticReprMixin, W.VBox):
 
         self.monitor = LossMonitor()
         self.region_views: list[RegionView] = []
+        self.painter: MaskPainter | None = None  # the segment fold's second tab: paint an image's regions
+        self.segment_tabs: W.Tab | None = None
         self.match_matrix: MatchMatrix | None = None
         self.attention_view: AttentionView | None = None
         self.match_tabs: W.Tab | None = None  # the match fold's two tabs: the matrix and the attention view
@@ -405,6 +409,21 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._refresh()
         self._refresh_attention()
 
+    def _painter_panel(self) -> W.VBox:
+        """The segment fold's paint tab: which image to paint, and the :class:`MaskPainter` (its *apply* puts the
+        painted regions into the session and matches again)."""
+        names = plot.image_names(self.session.prepared.names)
+        self.painter = MaskPainter(self.session, index=0, width=240)
+        self.painter.on_edit(self._on_edit)
+        chooser = W.Dropdown(options=[(name, i) for i, name in enumerate(names)], value=0, description="paint",
+                             style=STYLE, layout=W.Layout(width="220px"))
+        chooser.observe(lambda change: self.painter.show(change["new"]), names="value")
+        hint = W.HTML('<span style="font-size:12px">Drag over the picture: the brush paints the cells it passes, the '
+                      'lasso fills the loop, erase gives cells their regions back. <i>apply and match</i> puts the '
+                      'regions into the session and runs the match stage again.</span>',
+                      layout=W.Layout(width="220px"))
+        return W.HBox([self.painter, W.VBox([chooser, hint])], layout=W.Layout(align_items="flex-start"))
+
     def _refresh_attention(self) -> None:
         """The attention view follows the session's regions, matches and stylize settings (it says when the
         matches are stale); a run holding the model defers its maps until this is called after the run."""
@@ -425,11 +444,17 @@ class StageExplorer(StaticReprMixin, W.VBox):
             if len(self.region_views) == len(result.labels):
                 for view in self.region_views:
                     view.refresh()
+                self.painter.show(self.painter.index)
             else:
-                self.region_views = [RegionView(session, index=i, width=200) for i in range(len(result.labels))]
+                self.region_views = [RegionView(session, index=i, width=176) for i in range(len(result.labels))]
                 for view in self.region_views:
                     view.on_edit(self._on_edit)
-                box.children = list(self.region_views)
+                self.segment_tabs = W.Tab(children=[W.HBox(self.region_views, layout=W.Layout(flex_flow="row wrap")),
+                                                    self._painter_panel()])
+                for i, title in enumerate(SEGMENT_TABS):
+                    self.segment_tabs.set_title(i, title)
+                self.segment_tabs.add_class("sg-segment-tabs")  # less padding: the fold fits a laptop screen
+                box.children = [self.segment_tabs]
         elif stage == "match":
             if self.match_matrix is None:
                 self.match_matrix = MatchMatrix(session)

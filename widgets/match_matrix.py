@@ -12,15 +12,11 @@ from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Matching
 
 from .shared.display import CSS, EditHooks, StaticReprMixin, SyncGuard, esm
-from .shared.pictures import figure_png
+from .shared.pictures import figure_png, hex_colours
 from .shared.runs import check_idle
 
 PARTS = ("statistical", "semantic", "geometric")
 WEIGHT_NAMES = {"statistical": "statistical_weight", "semantic": "semantic_weight", "geometric": "geometric_weight"}
-
-
-def _hex(colours) -> list[str]:
-    return ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in colours]
 
 
 def _rows(tensor) -> list[list[float]]:
@@ -107,7 +103,7 @@ class MatchMatrix(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
             names = plot.image_names(self._session.prepared.names)[1:]
         else:
             names = [f"style {j + 1}" for j in range(n_refs)]
-        ref_colours = [_hex(plot.region_palette(n)) for n in per_ref]
+        ref_colours = [hex_colours(plot.region_palette(n)) for n in per_ref]
         settings = m.settings or {}
         defaults = {"statistical": 0.25, "semantic": 1.0, "geometric": 0.125}
         with self.hold_sync():
@@ -116,7 +112,7 @@ class MatchMatrix(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
             self.weights = {part: float(settings.get(WEIGHT_NAMES[part], defaults[part])) for part in PARTS}
             self.columns = [list(map(int, c)) for c in m.columns]
             self.reference_names = list(names)
-            self.row_colors = _hex(plot.region_palette(len(m.matches)))
+            self.row_colors = hex_colours(plot.region_palette(len(m.matches)))
             self.column_colors = [ref_colours[j][s] for j, s in m.columns]
             self._sync_matches()
 

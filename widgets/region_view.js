@@ -1,10 +1,5 @@
 // RegionView: an image with its region overlay on a <canvas>. Follows common.js in the _esm.
 
-function hexToRgb(hex) {
-  const v = parseInt((hex || "#888888").slice(1), 16);
-  return [(v >> 16) & 255, (v >> 8) & 255, v & 255];
-}
-
 function render({ model, el: root }) {
   const box = el("div", "sg-widget sg-region-view");
   const title = el("div", "sg-title");
@@ -40,25 +35,7 @@ function render({ model, el: root }) {
 
   function buildOverlay() {
     const [h, w] = grid();
-    const lab = labels();
-    if (!h || !w || lab.length < h * w) {
-      overlayCanvas = null;
-      return;
-    }
-    const colours = (model.get("colors") || []).map(hexToRgb);
-    overlayCanvas = document.createElement("canvas");
-    overlayCanvas.width = w;
-    overlayCanvas.height = h;
-    const ctx = overlayCanvas.getContext("2d");
-    const data = ctx.createImageData(w, h);
-    for (let i = 0; i < h * w; i++) {
-      const c = colours[lab[i]] || [128, 128, 128];
-      data.data[4 * i] = c[0];
-      data.data[4 * i + 1] = c[1];
-      data.data[4 * i + 2] = c[2];
-      data.data[4 * i + 3] = 255;
-    }
-    ctx.putImageData(data, 0, 0);
+    overlayCanvas = labelCanvas(labels(), h, w, model.get("colors"));
   }
 
   function outline(ctx, regions, colour, width, dash) {
@@ -78,45 +55,11 @@ function render({ model, el: root }) {
     ctx.setLineDash([]);
   }
 
-  function borders(ctx, scale) {
-    // thin lines where neighbouring latent cells belong to different regions
-    const [h, w] = grid();
-    const lab = labels();
-    if (!h || lab.length < h * w || model.get("opacity") <= 0) return;
-    const sx = canvas.width / w;
-    const sy = canvas.height / h;
-    ctx.beginPath();
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        const r = lab[y * w + x];
-        if (x + 1 < w && lab[y * w + x + 1] !== r) { ctx.moveTo((x + 1) * sx, y * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
-        if (y + 1 < h && lab[(y + 1) * w + x] !== r) { ctx.moveTo(x * sx, (y + 1) * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
-      }
-    }
-    ctx.lineWidth = Math.max(1, 0.75 * scale);
-    ctx.strokeStyle = `rgba(255,255,255,${Math.min(0.85, 0.3 + model.get("opacity"))})`;
-    ctx.stroke();
-  }
-
   function draw() {
-    const ctx = canvas.getContext("2d");
-    if (bitmap) {
-      if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
-        canvas.width = bitmap.width;
-        canvas.height = bitmap.height;
-      }
-    }
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    if (bitmap) ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
-    if (overlayCanvas) {
-      ctx.save();
-      ctx.globalAlpha = model.get("opacity");
-      ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(overlayCanvas, 0, 0, canvas.width, canvas.height);
-      ctx.restore();
-    }
+    const ctx = paintPicture(canvas, bitmap);
+    paintOverlay(ctx, overlayCanvas, model.get("opacity"));
     const scale = Math.max(1, canvas.width / 256);
-    borders(ctx, scale);
+    cellBorders(ctx, labels(), grid()[0], grid()[1], canvas.width, canvas.height, scale, model.get("opacity"));
     const picked = model.get("picked") || [];
     if (hover >= 0 && !picked.includes(hover)) outline(ctx, [hover], "rgba(255,255,255,0.9)", 1.5 * scale, [4 * scale, 3 * scale]);
     picked.forEach((region, i) => outline(ctx, [region], i === picked.length - 1 ? "#ffffff" : "#ffe14d", 2.5 * scale));
@@ -246,7 +189,6 @@ function render({ model, el: root }) {
   const onAnswer = (message) => {
     if (message && message.type === "answered") status.textContent = model.get("status");
   };
-  model.on("msg:custom", onAnswer);
 
   async function onImage() {
     bitmap = await loadPng(model.get("image_png"));
@@ -277,8 +219,6 @@ function render({ model, el: root }) {
     "change:status": () => (status.textContent = model.get("status")),
     "change:width": onSize,
   };
-  for (const [events, fn] of Object.entries(handlers)) events.split(" ").forEach((e) => model.on(e, fn));
-
   title.textContent = model.get("title");
   status.textContent = model.get("status");
   opacity.value = String(model.get("opacity"));
@@ -286,11 +226,7 @@ function render({ model, el: root }) {
   onLabels();
   updateK();
   onImage();
-
-  return () => {
-    for (const [events, fn] of Object.entries(handlers)) events.split(" ").forEach((e) => model.off(e, fn));
-    model.off("msg:custom", onAnswer);
-  };
+  return listen(model, handlers, onAnswer);
 }
 
 export default { render };

@@ -14,16 +14,12 @@ from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Prepared, Segmentation
 
 from .shared.display import CSS, EditHooks, StaticReprMixin, SyncGuard, esm
-from .shared.pictures import figure_png, labels_array, overlay, png_bytes, to_image
+from .shared.pictures import figure_png, hex_colours, labels_array, overlay, png_bytes, to_image
 from .shared.runs import check_idle, model_lock
 
 # per session and image: the silhouette curve of the last automatic choice of k, kept to be shown once k is forced
 _CURVES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CURVE_SETTINGS = ("max_clusters", "n_components", "n_init", "silhouette_sample", "seed")
-
-
-def _hex(colours: np.ndarray) -> list[str]:
-    return ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in colours]
 
 
 class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
@@ -155,7 +151,7 @@ class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
             self.grid = list(labels.shape)
             self.labels = labels.astype(np.uint8).tobytes()
             self.sizes = np.bincount(labels.ravel(), minlength=n).astype(int).tolist()
-            self.colors = _hex(plot.region_palette(n))
+            self.colors = hex_colours(plot.region_palette(n))
             self.silhouette = sorted([k, v] for k, v in curve.items())
             self.chosen_k = int(seg.chosen_k[self.index]) if self.index < len(seg.chosen_k) else 0
             self.forced_k = forced

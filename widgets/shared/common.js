@@ -50,3 +50,78 @@ function regionEdges(ctx, lab, h, w, sx, sy, isIn) {
     }
   }
 }
+
+function hexToRgb(hex) {
+  const v = parseInt((hex || "#888888").slice(1), 16);
+  return [(v >> 16) & 255, (v >> 8) & 255, v & 255];
+}
+
+// A w x h canvas with one pixel per cell of an (h, w) label grid, in the labels' colours (CSS hex strings); null
+// when the labels do not fill the grid. Drawn scaled up, without smoothing, it is the regions' overlay.
+function labelCanvas(lab, h, w, colors) {
+  if (!h || !w || lab.length < h * w) return null;
+  const colours = (colors || []).map(hexToRgb);
+  const canvas = document.createElement("canvas");
+  canvas.width = w;
+  canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  const data = ctx.createImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    const c = colours[lab[i]] || [128, 128, 128];
+    data.data.set([c[0], c[1], c[2], 255], 4 * i);
+  }
+  ctx.putImageData(data, 0, 0);
+  return canvas;
+}
+
+// Thin lines where neighbouring cells of an (h, w) label grid belong to different regions, on a canvas of
+// width x height pixels (``scale``: line width per CSS pixel, ``opacity``: the overlay's).
+function cellBorders(ctx, lab, h, w, width, height, scale, opacity) {
+  if (!h || lab.length < h * w || opacity <= 0) return;
+  const sx = width / w;
+  const sy = height / h;
+  ctx.beginPath();
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const r = lab[y * w + x];
+      if (x + 1 < w && lab[y * w + x + 1] !== r) { ctx.moveTo((x + 1) * sx, y * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
+      if (y + 1 < h && lab[(y + 1) * w + x] !== r) { ctx.moveTo(x * sx, (y + 1) * sy); ctx.lineTo((x + 1) * sx, (y + 1) * sy); }
+    }
+  }
+  ctx.lineWidth = Math.max(1, 0.75 * scale);
+  ctx.strokeStyle = `rgba(255,255,255,${Math.min(0.85, 0.3 + opacity)})`;
+  ctx.stroke();
+}
+
+// The canvas sized to the picture (an ImageBitmap or <img>; kept as it is without one), cleared, the picture drawn.
+function paintPicture(canvas, bitmap) {
+  const ctx = canvas.getContext("2d");
+  if (bitmap && (canvas.width !== bitmap.width || canvas.height !== bitmap.height)) {
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+  }
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (bitmap) ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  return ctx;
+}
+
+// A label overlay (labelCanvas) drawn over the whole canvas at ``opacity``, cells kept sharp.
+function paintOverlay(ctx, overlay, opacity) {
+  if (!overlay) return;
+  ctx.save();
+  ctx.globalAlpha = opacity;
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(overlay, 0, 0, ctx.canvas.width, ctx.canvas.height);
+  ctx.restore();
+}
+
+// Listen to the model: ``handlers`` maps space-separated event names to a function, ``onMessage`` (optional) gets
+// the kernel's custom messages. Returns what a render returns: the function that stops listening.
+function listen(model, handlers, onMessage) {
+  for (const [events, fn] of Object.entries(handlers)) events.split(" ").forEach((e) => model.on(e, fn));
+  if (onMessage) model.on("msg:custom", onMessage);
+  return () => {
+    for (const [events, fn] of Object.entries(handlers)) events.split(" ").forEach((e) => model.off(e, fn));
+    if (onMessage) model.off("msg:custom", onMessage);
+  };
+}

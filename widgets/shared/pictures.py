@@ -43,6 +43,11 @@ def figure_png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def hex_colours(colours) -> list[str]:
+    """RGB colours (n, 3) in 0..255 as CSS ``#rrggbb`` strings."""
+    return ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in colours]
+
+
 def labels_array(labels) -> np.ndarray:
     """A label map (tensor or array) as an int64 numpy array."""
     return to_numpy(labels).astype(np.int64)
