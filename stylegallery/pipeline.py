@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from .models.backbone import Backbone
 from .models.devices import DeviceChoice, choose_device, free_memory
 from .models.hub import load_model
 from .models.lora import FusedLora, LoraLoaderMixin
+from .models.sam import automatic_masks, load_sam as load_sam_model
 from .models.single_file import is_single_file
 from .models.sources import extra_model, load_named_backbone
 from .models.vae import decode as vae_decode, encode as vae_encode, tiled, upcast
@@ -40,7 +42,7 @@ from .stages.attention_maps import AttentionMaps, attention_maps
 from .stages.colours import keep_colours
 from .stages.inversion import aggregate_features, invert, temporal_weights
 from .stages.matching import score_matrices
-from .stages.segmentation import mask_to_grid, segment_features
+from .stages.segmentation import mask_to_grid, masks_to_labels, segment_base_labels, segment_features
 from .stages.style_loss import content_loss_per_region, region_plan
 from .stages.stylize import (
     REFINE_FRACTION, StepInfo, normalized_start, optimization_timesteps, optimize_latent, start_index,
@@ -112,6 +114,8 @@ class StyleGallery(LoraLoaderMixin):
         self.device, self.dtype = self.unet.device, self.unet.dtype
         self.semantic_model, self.semantic_processor = semantic or (None, None)
         self.depth_model, self.depth_processor = depth or (None, None)
+        self.sam_model = self.sam_processor = self.sam_name = None  # see load_sam
+        self._sam_labels: dict = {}  # SAM's base labels per picture and SAM setting: see _sam_base_labels
         self.recorder = install_recorder(self.unet)
         self.default_loss_layers = list(self.recorder.layers)
         self.feature_block = feature_block_index(self.unet)
@@ -137,6 +141,7 @@ class StyleGallery(LoraLoaderMixin):
         config: str | None = None,
         semantic_model: str | None | bool = None,
         depth_model: str | None | bool = None,
+        sam_model: str | None | bool = None,
         device: str = "auto",
         torch_dtype: str | torch.dtype = "auto",
         cache: TensorCache | None = None,
@@ -152,6 +157,8 @@ class StyleGallery(LoraLoaderMixin):
         (:mod:`stylegallery.models.sources`). ``semantic_model`` / ``depth_model``: ``False`` switches DINOv2 /
         Depth Anything off; by default the Hub's, or for test models their random ones. The family (SD 1.x, 2.x,
         XL) is read from the model's configs (:mod:`stylegallery.models.families`); other architectures are refused.
+        ``sam_model``: SAM for ``segment(region_source="sam")`` (the release's ``use_sam``, off by default): ``None`` or
+        ``False`` loads none, ``True`` the default (see :meth:`load_sam`), a name or folder that one.
         ``lora``: a LoRA (Hub id, folder or file) for stylize, see :meth:`load_lora_weights`.
         ``config``: for a single-file model, the diffusers folder or Hub id with its configs, tokenizers and
         scheduler (by default diffusers picks the base model from the file's weights), see :meth:`from_single_file`.
@@ -172,6 +179,8 @@ class StyleGallery(LoraLoaderMixin):
         pipe.test_models = resolved.test_models
         pipe._companions = resolved.companions  # the presets of test models use their random LoRA
         pipe.device_choice, pipe.low_memory = choice, choice.low_memory
+        if sam_model is not None and sam_model is not False:
+            pipe.load_sam(None if sam_model is True else sam_model)
         if choice.low_memory and device.type != "cpu":
             pipe.enable_model_cpu_offload(device)
         if chosen and device.type != "cpu":
@@ -221,7 +230,41 @@ class StyleGallery(LoraLoaderMixin):
         models = [m for m in (self.unet, self.vae, self.semantic_model, self.depth_model) if m is not None]
         self._offload_hooks = [cpu_offload_with_hook(m, device)[1] for m in models]
         self.device = device
+        if self.sam_model is not None:  # moved by segment itself: see _sam_on_device
+            self.sam_model.to("cpu")
         return self
+
+    def load_sam(self, name: str | None = None, *, torch_dtype: torch.dtype = torch.float32):
+        """Load SAM (transformers' ``SamModel`` and ``SamProcessor``, a Hub id or folder) for
+        ``segment(region_source="sam")``, the release's ``use_sam`` (off by default; its authors call it "simply to
+        verify scalability, perhaps not very practical"). ``None``: ``facebook/sam-vit-huge`` (the release prefers
+        ViT-H), or for the test models their tiny random SAM. Float32 by default, as the release runs it.
+        Returns the model."""
+        path = extra_model("sam", name, self._companions)
+        model, processor = load_sam_model(path, torch.device("cpu") if self._offload_hooks else self.device,
+                                          torch_dtype)
+        self.sam_model, self.sam_processor, self.sam_name = model, processor, path
+        self._sam_labels.clear()
+        return model
+
+    def _require_sam(self) -> None:
+        if self.sam_model is None:
+            raise StyleGalleryError(
+                'region_source="sam" needs SAM: load it with pipe.load_sam() (facebook/sam-vit-huge, or a folder or '
+                "Hub id), StyleGallery.from_pretrained(..., sam_model=True), or --sam on the command line")
+
+    @contextlib.contextmanager
+    def _sam_on_device(self):
+        """SAM on the device while it runs; under CPU offload back to the CPU after (accelerate's hooks watch a
+        model's forward, and SAM's image embedding is another method)."""
+        if not self._offload_hooks:
+            yield
+            return
+        self.sam_model.to(self.device)
+        try:
+            yield
+        finally:
+            self.sam_model.to("cpu")
 
     # ------------------------------------------------------------------ stage 1a
     @_stage("prepare")
@@ -284,9 +327,66 @@ class StyleGallery(LoraLoaderMixin):
         images = [prepared.image(i) for i in range(len(prepared.names))]
         return encoders.depth_maps(self.depth_model, self.depth_processor, images, tuple(prepared.latents.shape[-2:]))
 
+    def sam_masks(self, image, *, points_per_side: int = 16, pred_iou_thresh: float = 0.98,
+                  stability_score_thresh: float = 0.95, crop_layers: int = 1) -> list[np.ndarray]:
+        """SAM's automatic masks of ``image`` (e.g. ``prepared.image(i)``, or an image file), (H, W) bool arrays at
+        its size, best predicted IoU first: what ``segment(region_source="sam")`` paints into base regions
+        (:func:`stylegallery.models.sam.automatic_masks`). The defaults are the release's; needs :meth:`load_sam`."""
+        self._require_sam()
+        check_settings(sam_points_per_side=points_per_side, sam_pred_iou_thresh=pred_iou_thresh,
+                       sam_stability_score_thresh=stability_score_thresh, sam_crop_layers=crop_layers)
+        if not isinstance(image, Image.Image):
+            image = load_image(image)[0]
+        with self._sam_on_device():
+            return automatic_masks(self.sam_model, self.sam_processor, image, points_per_side=points_per_side,
+                                   pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+                                   crop_layers=crop_layers)
+
+    def _sam_base_labels(self, prepared: Prepared, index: int, s: Values) -> np.ndarray:
+        """SAM's base labels of image ``index`` on the latent grid (:func:`masks_to_labels`). Kept per picture, SAM
+        model and SAM setting (the last 64), so that a change of the merge threshold, the user's mask or the speck
+        size does not run SAM again."""
+        pixels = prepared.pixels[index]
+        grid = tuple(prepared.latents.shape[-2:])
+        key = (hashlib.sha256(pixels.numpy().tobytes()).hexdigest(), tuple(pixels.shape), grid, id(self.sam_model),
+               s.sam_points_per_side, s.sam_pred_iou_thresh, s.sam_stability_score_thresh, s.sam_crop_layers)
+        if key not in self._sam_labels:
+            masks = self.sam_masks(prepared.image(index), points_per_side=s.sam_points_per_side,
+                                   pred_iou_thresh=s.sam_pred_iou_thresh,
+                                   stability_score_thresh=s.sam_stability_score_thresh, crop_layers=s.sam_crop_layers)
+            if len(self._sam_labels) >= 64:
+                self._sam_labels.pop(next(iter(self._sam_labels)))
+            self._sam_labels[key] = masks_to_labels(masks, grid)
+        return self._sam_labels[key]
+
+    def _segment_with_sam(self, prepared: Prepared, s: Values) -> Segmentation:
+        """``region_source="sam"``: SAM's masks of every image as its base regions (docs/method.md stage 2)."""
+        self._require_sam()
+        if s.n_clusters is not None:
+            raise StyleGalleryError('n_clusters forces the number of k-means clusters; with region_source="sam" the '
+                                    "base regions are SAM's masks: leave n_clusters out")
+        count, grid = len(prepared.names), tuple(prepared.latents.shape[-2:])
+        masks = s.user_masks or {}
+        options = {n: s[n] for n in ("sam_merge_threshold", "min_region_width", "min_region_size")}
+        labels, chosen = [], []
+        for i in tqdm(range(count), desc="segment (SAM)", disable=not s.progress, leave=False):
+            lab, _, k = segment_base_labels(self._sam_base_labels(prepared, i, s), prepared.latents[i].numpy(),
+                                            user_mask=mask_to_grid(masks[i], grid) if i in masks else None, **options)
+            labels.append(torch.from_numpy(lab).long())
+            chosen.append(int(k))
+        settings = dict(STAGE_SETTINGS["segment"].record(s), n_clusters=[None] * count, use_depth=False)
+        return Segmentation(torch.stack(labels), [{} for _ in range(count)], chosen, settings)
+
     @_stage("segment")
     def segment(self, prepared: Prepared, inversion: Inversion, s: Values) -> Segmentation:
-        """Cluster every image's diffusion features into regions (docs/method.md stage 2)."""
+        """Cluster every image's diffusion features into regions (docs/method.md stage 2).
+
+        With ``region_source="sam"`` (the release's ``use_sam``, off by default) SAM's automatic masks of each image
+        are its base regions instead of the k-means clusters (:meth:`load_sam` first); the silhouette is then empty and
+        the chosen k is the number of SAM's base regions.
+        """
+        if s.region_source == "sam":
+            return self._segment_with_sam(prepared, s)
         count = len(prepared.names)
         forced = list(s.n_clusters) if isinstance(s.n_clusters, (list, tuple)) else [s.n_clusters] * count
         if len(forced) != count:
@@ -689,6 +789,8 @@ class StyleGallery(LoraLoaderMixin):
         if preset is not None:
             settings = {**self.use_preset(preset), **settings}
         by_stage = split_by_stage(settings)
+        if STAGE_SETTINGS["segment"].resolve(by_stage["segment"]).region_source == "sam":
+            self._require_sam()  # before any stage runs
         timings = {}
 
         def timed(stage, *args):

@@ -30,6 +30,8 @@ REGION_ATTENTION_MODES = ("zeroed", "masked")
 SCHEDULERS = ("ddim", "euler-trailing", "lcm")
 #: ``preview``: how a picture of the latent is made during stylize.
 PREVIEWS = ("linear", "tiny-vae", "vae")
+#: ``region_source``: what the base regions of segment are (the paper's k-means clusters, or SAM's masks).
+REGION_SOURCES = ("clusters", "sam")
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -56,6 +58,12 @@ def choice(options: tuple[str, ...]) -> Callable[[str, Any], None]:
             raise StyleGalleryError(f"{name} must be one of {', '.join(options)} (got {value!r})")
 
     return check
+
+
+def _fraction(name: str, value) -> None:
+    number(0)(name, value)
+    if value > 1:
+        raise StyleGalleryError(f"{name} must be between 0 and 1 (got {value})")
 
 
 def flag(name: str, value) -> None:
@@ -297,6 +305,21 @@ STAGE_SETTINGS = {
                 "ours, off at 1: strips nowhere this many latent pixels thick go to the nearest region",
                 number(1, whole=True)),
         Setting("seed", 0, "int", "seed of PCA, k-means and the silhouette sample", number(0, whole=True)),
+        Setting("region_source", "clusters", "str",
+                "the base regions: clusters (the paper's k-means) or sam (the release's use_sam, off by default and "
+                "called by its authors 'simply to verify scalability, perhaps not very practical': SAM's automatic "
+                "masks, then only the sam_merge_threshold merge, the user's mask and speck removal; needs "
+                "``pipe.load_sam()``)", choice(REGION_SOURCES)),
+        Setting("sam_points_per_side", 16, "int", "with sam: SAM's point grid per side (the release's)",
+                number(1, whole=True)),
+        Setting("sam_pred_iou_thresh", 0.98, "float", "with sam: keep masks whose predicted IoU is above this "
+                "(the release's)", _fraction),
+        Setting("sam_stability_score_thresh", 0.95, "float", "with sam: keep masks whose stability score is above "
+                "this (the release's)", _fraction),
+        Setting("sam_crop_layers", 1, "int", "with sam: layers of crops SAM runs on again, 4**i crops in layer i, "
+                "with half the points per side each layer (the release's)", number(0, whole=True)),
+        Setting("sam_merge_threshold", 0.5, "float", "with sam: merge SAM's regions whose mean latents are closer "
+                "than this (connected components, as merge_threshold; the release's)", number(0)),
         _PROGRESS,
     ),
     "match": StageSettings(

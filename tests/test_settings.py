@@ -30,7 +30,9 @@ def test_every_result_records_every_setting_that_made_it(pipe, planted_run):
     mask[:8, :8] = 1
     segment = dict(max_clusters=5, n_clusters=None, n_components=20, n_init=3, silhouette_sample=500,
                    merge_threshold=0.7, use_depth=True, depth_span=0.6, depth_merge_threshold=0.3, depth_difference=0.2,
-                   user_masks={0: mask}, min_region_size=10, min_region_width=2, seed=3)
+                   user_masks={0: mask}, min_region_size=10, min_region_width=2, seed=3, region_source="clusters",
+                   sam_points_per_side=8, sam_pred_iou_thresh=0.9, sam_stability_score_thresh=0.9, sam_crop_layers=0,
+                   sam_merge_threshold=0.4)  # recorded too, though only region_source="sam" reads them
     segmentation = pipe.segment(prepared, inversion, progress=False, **segment)
     match = dict(statistical_weight=0.5, semantic_weight=0.9, geometric_weight=0.2, block_threshold=0.02,
                  semantic_size=112)

@@ -4,7 +4,7 @@
 network and no local copy) it falls back, and says so in one line, to the random-weight test models. The test models' names
 (``tiny``, ``sd15``, ``tiny-sd2``, ``tiny-sdxl``, ``sdxl``: :data:`stylegallery.testing.ARCHITECTURES`) mean their
 cached folders, built on first use; a folder written by ``stylegallery make-test-model`` brings its own random
-DINOv2, depth model and LoRA beside it. Any other name is a diffusers folder, a Hub id or a single-file checkpoint.
+DINOv2, depth model, LoRA and SAM beside it. Any other name is a diffusers folder, a Hub id or a single-file checkpoint.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from .backbone import Backbone, load_backbone
 from .encoders import DEFAULT_DEPTH_MODEL, DEFAULT_SEMANTIC_MODEL
 from .families import BASE_MODELS
 from .hub import ModelUnavailable
+from .sam import DEFAULT_SAM_MODEL
 
 DEFAULT_MODEL = BASE_MODELS["sd1"]
-#: DINOv2 and Depth Anything of a test-model folder, by kind.
-_COMPANION_FOLDERS = {"semantic": "dinov2", "depth": "depth"}
+#: DINOv2, Depth Anything and SAM of a test-model folder, by kind.
+_COMPANION_FOLDERS = {"semantic": "dinov2", "depth": "depth", "sam": "sam"}
+_DEFAULTS = {"semantic": DEFAULT_SEMANTIC_MODEL, "depth": DEFAULT_DEPTH_MODEL, "sam": DEFAULT_SAM_MODEL}
 
 
 @dataclass
 class Resolved:
-    """A loaded backbone; ``companions``: for test models, the folder holding their ``dinov2/``, ``depth/`` and
-    ``lora/`` (else None)."""
+    """A loaded backbone; ``companions``: for test models, the folder holding their ``dinov2/``, ``depth/``,
+    ``lora/`` and ``sam/`` (else None)."""
 
     backbone: Backbone
     companions: Path | None
@@ -57,7 +59,7 @@ def load_named_backbone(model: str | None, config: str | None, device: torch.dev
             return _test_backbone(None, cached_test_models("tiny"), config, device, dtype)
     backbone = load_backbone(model, device, dtype, config=config)
     folder = Path(config if config is not None else model)
-    made = (folder / TEST_MODEL_MARKER).is_file()  # a make-test-model folder: its own DINOv2, depth and LoRA
+    made = (folder / TEST_MODEL_MARKER).is_file()  # a make-test-model folder: its own DINOv2, depth, LoRA and SAM
     return Resolved(backbone, folder.parent if made else None)
 
 
@@ -68,12 +70,12 @@ def _test_backbone(name, folder: Path, config, device, dtype) -> Resolved:
 
 
 def extra_model(kind: str, name: str | bool | None, companions: Path | None) -> str | None:
-    """The folder or Hub id of the ``"semantic"`` (DINOv2) or ``"depth"`` model for ``name``: ``False`` is none, a
-    test model's name its folder, ``None`` the test models' own (``companions``) or else the default."""
+    """The folder or Hub id of the ``"semantic"`` (DINOv2), ``"depth"`` or ``"sam"`` model for ``name``: ``False`` is
+    none, a test model's name its folder, ``None`` the test models' own (``companions``) or else the default."""
     if name is False:
         return None
     if is_test_model(name):
         return str(cached_test_models(name) / _COMPANION_FOLDERS[kind])
     if name is None and companions is not None and (companions / _COMPANION_FOLDERS[kind]).is_dir():
         return str(companions / _COMPANION_FOLDERS[kind])
-    return name or {"semantic": DEFAULT_SEMANTIC_MODEL, "depth": DEFAULT_DEPTH_MODEL}[kind]
+    return name or _DEFAULTS[kind]

@@ -1,4 +1,5 @@
-"""Adaptive clustering of diffusion features into semantic regions (docs/method.md, stage 2)."""
+"""Adaptive clustering of diffusion features into semantic regions, or regions from SAM's masks (docs/method.md,
+stage 2)."""
 
 from __future__ import annotations
 
@@ -225,6 +226,46 @@ def mask_to_grid(mask, grid: tuple[int, int]) -> np.ndarray:
         resized = Image.fromarray(array.astype(np.int32)).resize((grid[1], grid[0]), Image.Resampling.NEAREST)
         array = np.asarray(resized)
     return array.astype(np.int64)
+
+
+def masks_to_labels(masks, grid: tuple[int, int]) -> np.ndarray:
+    """SAM's masks, (n, H, W) bool, as base labels on the latent ``grid``, painted as the release paints them.
+
+    The masks are sorted by area, largest first (a stable sort: equal areas keep their order), and mask i is painted
+    with i + 1 over a map of zeros, so where masks overlap the smaller one wins, and 0 is what no mask covers (a
+    region of its own). The map is then resized to ``grid`` by nearest neighbour as the release's
+    ``F.interpolate(mode="nearest")`` does: cell (i, j) takes the pixel (floor(i H / h), floor(j W / w)).
+    """
+    masks = [np.asarray(m, dtype=bool) for m in masks]
+    if masks and any(m.shape != masks[0].shape for m in masks):
+        raise StyleGalleryError("SAM's masks must all have the image's size")
+    if not masks:
+        return np.zeros(grid, dtype=np.int64)
+    height, width = masks[0].shape
+    painted = np.zeros((height, width), dtype=np.int64)
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    for value, i in enumerate(order, 1):
+        painted[masks[i]] = value
+    rows = np.minimum(np.floor(np.arange(grid[0]) * (height / grid[0])).astype(np.int64), height - 1)
+    cols = np.minimum(np.floor(np.arange(grid[1]) * (width / grid[1])).astype(np.int64), width - 1)
+    return painted[np.ix_(rows, cols)]
+
+
+def segment_base_labels(base: np.ndarray, latent: np.ndarray, *, user_mask: np.ndarray | None = None, **settings):
+    """Segment one image from base regions given on the latent grid instead of k-means clusters (SAM's,
+    :func:`masks_to_labels`); returns (labels (h, w), {} as there is no silhouette, the number of base regions).
+
+    The release's ``use_sam`` path: regions whose mean latents lie closer than ``sam_merge_threshold`` merge (the rule
+    of :func:`merge_close`), with no depth split or depth-gated merge; then, as after the clusters, thin strips (ours,
+    off by default), the user's mask and speck removal. ``settings``: the segment stage's settings.
+    """
+    s = STAGE_SETTINGS["segment"].resolve(settings)
+    count = len(np.unique(base))
+    labels = merge_close(base, latent, s.sam_merge_threshold)
+    labels = dissolve_thin(labels, s.min_region_width)
+    if user_mask is not None:
+        labels = apply_user_mask(labels, user_mask)
+    return clean_small(labels, s.min_region_size), {}, count
 
 
 def segment_features(features: np.ndarray, latent: np.ndarray, *, n_clusters: int | None = None,

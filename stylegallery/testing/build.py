@@ -1,7 +1,7 @@
 """Building the random-weight test models offline with ``save_pretrained``, and the cache that keeps them.
 
 The models are written with ``save_pretrained`` so that the normal loading code (``from_pretrained``) reads
-them exactly as it reads the real Stable Diffusion 1.5, DINOv2 and Depth Anything checkpoints.  A random network
+them exactly as it reads the real Stable Diffusion 1.5, DINOv2, Depth Anything and SAM checkpoints.  A random network
 still separates regions of different colour and texture, which is what the tests rely on.
 """
 
@@ -17,17 +17,20 @@ from pathlib import Path
 import torch
 
 from ..progress import quiet_loading
-from .configs import SD15_SCHEDULER, TINY_TEXT, TINY_TEXT_2, dinov2_config, unet_config, vae_config, vocabulary
+from .configs import (
+    SD15_SCHEDULER, TINY_SAM_SIZE, TINY_TEXT, TINY_TEXT_2, dinov2_config, sam_config, unet_config, vae_config,
+    vocabulary,
+)
 from .single_file import save_single_file
 from .weights import RESIDUAL_SCALE, brightness_depth, colour_vae, damp_residual_branches, pointwise_unet
 
 #: Bump when the layout or configs below change, so cached copies are rebuilt rather than trusted.
-TEST_MODEL_VERSION = 11
+TEST_MODEL_VERSION = 12
 #: The random-weight architectures (model names for ``from_pretrained``, ``--model`` and ``make-test-model``).
 ARCHITECTURES = ("tiny", "sd15", "tiny-sd2", "tiny-sdxl", "sdxl")
 #: The file that marks a folder written by :func:`make_test_models` (in its ``sd/``).
 TEST_MODEL_MARKER = "stylegallery_test_model.json"
-PARTS = ("sd", "dinov2", "depth", "lora")
+PARTS = ("sd", "dinov2", "depth", "lora", "sam")
 
 
 def _build_sd(folder: Path, arch: str) -> None:
@@ -134,6 +137,20 @@ def _build_depth(folder: Path) -> None:
     ).save_pretrained(folder)
 
 
+def _build_sam(folder: Path) -> None:
+    """A tiny random SAM and its processor for ``TINY_SAM_SIZE`` px inputs (masks from a 4x smaller grid, as SAM's)."""
+    from transformers import SamImageProcessorPil, SamModel, SamProcessor
+
+    SamModel(sam_config()).save_pretrained(folder)
+    low = TINY_SAM_SIZE // 4
+    # the PIL image processor needs no torchvision (no dependency of ours); where torchvision is installed,
+    # transformers reads the same config as its torchvision processor
+    SamProcessor(image_processor=SamImageProcessorPil(
+        size={"longest_edge": TINY_SAM_SIZE}, pad_size={"height": TINY_SAM_SIZE, "width": TINY_SAM_SIZE},
+        mask_size={"longest_edge": low}, mask_pad_size={"height": low, "width": low},
+    )).save_pretrained(folder)
+
+
 LORA_RANK = 4
 LORA_STD = 0.05  # of the update B @ A relative to nothing in particular: enough to change every loss layer
 
@@ -178,8 +195,8 @@ def _new_folder(parent: Path, prefix: str) -> Path:
 
 
 def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 0, single_file: bool = False) -> Path:
-    """Build random-weight models into ``folder/sd``, ``folder/dinov2``, ``folder/depth`` and a LoRA for the
-    UNet into ``folder/lora``.
+    """Build random-weight models into ``folder/sd``, ``folder/dinov2``, ``folder/depth``, a LoRA for the UNet into
+    ``folder/lora`` and a tiny SAM into ``folder/sam`` (the same for every architecture).
 
     ``arch="tiny"`` gives models of a few hundred kilobytes for tests; ``"tiny-sd2"`` (v-prediction, linear
     projections) and ``"tiny-sdxl"`` (two text encoders, pooled embedding and size ids, stacked transformer
@@ -205,6 +222,7 @@ def make_test_models(folder: str | os.PathLike, arch: str = "tiny", seed: int = 
             _build_dinov2(staging / "dinov2")
             _build_depth(staging / "depth")
             _build_lora(staging / "lora", staging / "sd" / "unet")
+            _build_sam(staging / "sam")  # last: the models above keep the weights they had before SAM was added
             (staging / "sd" / TEST_MODEL_MARKER).write_text(
                 json.dumps({"arch": arch, "version": TEST_MODEL_VERSION, "seed": seed})
             )
@@ -228,7 +246,7 @@ def cached_test_models(arch: str = "tiny") -> Path:
     target = root / f"{arch}-v{TEST_MODEL_VERSION}"
     marker = target / "sd" / TEST_MODEL_MARKER
     try:
-        if json.loads(marker.read_text()).get("version") == TEST_MODEL_VERSION and (target / "lora").is_dir():
+        if json.loads(marker.read_text()).get("version") == TEST_MODEL_VERSION and (target / "sam").is_dir():
             _drop_old_versions(root, arch, target)
             return target
     except (OSError, ValueError):

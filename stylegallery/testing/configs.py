@@ -1,5 +1,5 @@
 """The configs of the random-weight test models: SD 1.5's and SDXL's real UNet and VAE architectures, tiny ones of
-each family, a tiny DINOv2 and a printable-ASCII tokenizer vocabulary."""
+each family, a tiny DINOv2, a tiny SAM and a printable-ASCII tokenizer vocabulary."""
 
 from __future__ import annotations
 
@@ -107,3 +107,20 @@ def dinov2_config(image_size: int = 224, **extra):
         image_size=image_size,
         **extra,
     )
+
+
+#: The tiny SAM's input side: SAM ViT-H's is 1024; 64 px give a 4 x 4 grid of 16 px patches.
+TINY_SAM_SIZE = 64
+
+
+def sam_config(image_size: int = TINY_SAM_SIZE):
+    """A tiny SAM (hidden size 32, 2 vision layers with one global attention, patch 16) for ``image_size`` px inputs."""
+    from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+    vision = SamVisionConfig(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=image_size, patch_size=16, mlp_dim=64, window_size=4, global_attn_indexes=[1],
+                             num_pos_feats=16)
+    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                   iou_head_hidden_dim=32)
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)

@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_model_options(batch)
     _add_settings(batch)
-    make = sub.add_parser("make-test-model", help="write tiny random-weight models to DIR/sd, DIR/dinov2, DIR/depth and a LoRA to DIR/lora")
+    make = sub.add_parser("make-test-model", help="write tiny random-weight models to DIR/sd, DIR/dinov2, DIR/depth, "
+                                                   "DIR/sam and a LoRA to DIR/lora")
     make.add_argument("folder")
     make.add_argument("--arch", choices=ARCHITECTURES, default="tiny",
                       help="tiny: SD 1.x for tests; sd15: the full SD 1.5 architecture; tiny-sd2, tiny-sdxl: the other families")
@@ -71,6 +72,11 @@ def _add_model_options(parser) -> None:
     parser.add_argument("--depth-model", default=None, help="Depth Anything folder or Hub id")
     parser.add_argument("--no-semantic", action="store_true", help="match without DINOv2")
     parser.add_argument("--no-depth", action="store_true", help="segment without depth refinement")
+    parser.add_argument("--sam", nargs="?", const=True, default=None, metavar="MODEL",
+                        help="the release's use_sam (off by default; its authors call it not very practical): SAM's "
+                        "automatic masks are the base regions instead of the k-means clusters; MODEL: a SAM folder or "
+                        "Hub id (default facebook/sam-vit-huge; with test models their tiny SAM); write --sam=MODEL "
+                        "before the images")
     parser.add_argument("--lora", metavar="ID|DIR|FILE", default=None,
                         help="LoRA for stylize (Hub id, folder or .safetensors file); with --fast it replaces the preset's")
     parser.add_argument("--lora-weight-name", default=None, help="file name of the LoRA inside its Hub repo or folder")
@@ -134,6 +140,7 @@ def _load_pipe(args, device: str | None = None):
         config=args.model_config,
         semantic_model=False if args.no_semantic else args.semantic_model,
         depth_model=False if args.no_depth else args.depth_model,
+        sam_model=args.sam,
         device=device or args.device,
         torch_dtype=args.dtype,
         lora=args.lora,
@@ -165,6 +172,8 @@ def _check(args) -> None:
                    output_size=args.output_size, window=args.window, window_stride=args.window_stride,
                    refine_steps=args.refine_steps, region_strength=args.region_strength,
                    region_content_weight=args.region_content_weight)
+    if args.sam == "":
+        raise StyleGalleryError("--sam takes a SAM folder or Hub id, or nothing for the default")
     if args.output_size is not None:
         output_pixels(args.output_size, (args.size, args.size), (args.size, args.size))
     elif any(v is not None for v in (args.window, args.window_stride, args.refine_steps)):
@@ -201,7 +210,7 @@ def _run(args) -> None:
     if args.report:
         report = run_report(pipe, out, dict(
             {k: getattr(args, k) for k in ("size", "inversion_steps", "max_clusters", "region_attention", "seed")},
-            fast=args.fast))
+            fast=args.fast, **({"region_source": "sam"} if args.sam else {})))
         write_atomic(args.report, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     print(f"wrote {args.output}" + (" (tiny test models: mechanics only, not real stylization)" if pipe.test_models else ""))
 
@@ -211,6 +220,8 @@ def _job_settings(args) -> dict:
     chosen = dict(size=args.size, inversion_steps=args.inversion_steps, max_clusters=args.max_clusters, seed=args.seed,
                   region_attention=args.region_attention, use_depth=not args.no_depth,
                   gradient_checkpointing=args.low_memory, fast=args.fast)
+    if args.sam:  # only then: the settings of a run without SAM (and a batch job's folder name) stay as they were
+        chosen["region_source"] = "sam"
     chosen.update({k: v for k, v in dict(steps=args.steps, iters=args.iters, c_ratio=args.c_ratio, lr=args.lr,
                                          output_size=args.output_size, window=args.window,
                                          window_stride=args.window_stride, refine_steps=args.refine_steps,
@@ -274,6 +285,11 @@ def _batch(args, argv: list[str]) -> int:
     else:
         raise StyleGalleryError("give a PLAN file (CSV or JSONL), or --contents DIR and --styles DIR")
     _check(args)
+    if not args.sam:
+        asking = next((job for job in jobs if job.settings.get("region_source") == "sam"), None)
+        if asking is not None:
+            raise StyleGalleryError(f"row {asking.row} of the plan sets region_source=sam, which needs SAM: pass --sam "
+                                    "(or --sam MODEL)")
     if args.processes < 1:
         raise StyleGalleryError(f"--processes must be at least 1 (got {args.processes})")
     if Path(args.output).exists() and not Path(args.output).is_dir():
@@ -290,7 +306,7 @@ def _batch(args, argv: list[str]) -> int:
 
     model = dict(model=args.model, config=args.model_config, semantic=None if args.no_semantic else args.semantic_model,
                  depth=None if args.no_depth else args.depth_model, lora=args.lora,
-                 lora_weight_name=args.lora_weight_name, dtype=args.dtype)
+                 lora_weight_name=args.lora_weight_name, dtype=args.dtype, **({"sam": args.sam} if args.sam else {}))
     run = run_batch(jobs, args.output, load_pipe=load, settings=_job_settings(args), model=model,
                     cache_dir=args.cache_dir, share_inversions=not args.no_shared_cache, device=args.device,
                     progress=not args.quiet)
@@ -329,7 +345,7 @@ def _main(args, argv: list[str]) -> int:
             make_test_models(args.folder, args.arch, single_file=args.single_file)
             extra = f" and {args.folder}/sd.safetensors (use it with --model-config {args.folder}/sd)" if args.single_file else ""
             print(f"wrote test models ({args.arch}) to {args.folder}/sd, {args.folder}/dinov2, {args.folder}/depth, "
-                  f"{args.folder}/lora{extra}")
+                  f"{args.folder}/lora, {args.folder}/sam{extra}")
         elif args.command == "batch":
             return _batch(args, argv)
         else:
