@@ -309,8 +309,9 @@ def test_attention_view_shows_bad_input_in_its_status(pipe, session):
 def test_attention_view_in_the_explorer_follows_the_matches(session):
     explorer = StageExplorer(session)
     view = explorer.attention_view
-    tabs = explorer.pictures["match"].children[0]  # the matrix and the view, one tab each
-    assert view is not None and list(tabs.children) == [explorer.match_matrix, view] and view.maps is not None
+    tabs = explorer.pictures["match"].children[0]  # the matrix, the view and the strengths, one tab each
+    assert view is not None and list(tabs.children) == [explorer.match_matrix, view, explorer.strength_box]
+    assert view.maps is not None
     matching = session.matching
     region = view.region
     target = next(j for j, c in enumerate(matching.columns) if c != matching.matches[region])
@@ -457,6 +458,25 @@ def test_stage_explorer_refines_at_the_output_size_chosen_in_its_control(session
     assert explorer.monitor.status.startswith("done: steps 4 to 4 of 4 (output size)")
     frontend_update(control, index=0)
     assert session.value("output_size") is None and explorer.stale == ["stylize"]
+
+
+def test_stage_explorer_sets_region_strength_and_keep_colours_from_its_controls(session):
+    explorer = StageExplorer(session)
+    explorer.run("match", background=False)
+    sliders = explorer.strength_sliders
+    assert len(sliders) == session.segmentation.n_regions(0) and all(s.value == 1.0 for s in sliders)
+    assert explorer.match_tabs.get_title(2) == "style strength"
+    frontend_update(sliders[1], value=0.25)  # dragged in the browser
+    assert session.value("region_strength") == {1: 0.25} and "stylize" in explorer.stale
+    frontend_update(sliders[1], value=1.0)
+    assert session.value("region_strength") is None  # every region at 1: the paper's loss, nothing recorded
+    frontend_update(explorer.controls["stylize"]["keep_colours"], value=True)
+    assert session.value("keep_colours") is True
+    explorer.set(region_strength={0: 2.0})  # set from code: the sliders follow
+    assert sliders[0].value == 2.0 and session.value("region_strength") == {0: 2.0}
+    explorer.run("stylize", background=False)
+    assert session.stylization.settings["region_strength"] == {"0": 2.0}
+    assert session.stylization.settings["keep_colours"] is True
 
 
 def test_stage_explorer_shows_errors_in_the_panel(session):

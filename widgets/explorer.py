@@ -26,7 +26,7 @@ from .match_matrix import MatchMatrix
 from .region_view import RegionView
 from .stage_controls import PAPER, STYLE, TITLES, badge, current_preset, preset_options, stage_controls
 
-MATCH_TABS = ("match matrix", "attention map")
+MATCH_TABS = ("match matrix", "attention map", "style strength")
 SEGMENT_TABS = ("regions", "paint")
 
 class StageExplorer(StaticReprMixin, W.VBox):
@@ -77,7 +77,9 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.segment_tabs: W.Tab | None = None
         self.match_matrix: MatchMatrix | None = None
         self.attention_view: AttentionView | None = None
-        self.match_tabs: W.Tab | None = None  # the match fold's two tabs: the matrix and the attention view
+        self.match_tabs: W.Tab | None = None  # the match fold's tabs: the matrix, the attention view, the strengths
+        self.strength_sliders: list[W.FloatSlider] = []  # region_strength, one per content region
+        self.strength_box = W.VBox()
         self.compare: Compare | None = None
 
         self.controls: dict[str, dict[str, W.Widget]] = {}
@@ -160,6 +162,8 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 widget.value = value  # the observer sets it in the session
             else:
                 self.session.set(**{name: value})
+        if "region_strength" in settings and self.session.matching is not None:
+            self._strength_controls(self.session.matching)  # the sliders follow
         self._refresh()
         self._refresh_attention()
         return self.stale
@@ -319,6 +323,8 @@ class StageExplorer(StaticReprMixin, W.VBox):
                     widget.disabled = True
                 else:
                     widget.disabled = self._disabled_before.get(name, False)
+        for slider in self.strength_sliders:
+            slider.disabled = locked
         self.run_all_button.disabled = locked
         self.preset.disabled = locked
         if locked:
@@ -409,6 +415,36 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._refresh()
         self._refresh_attention()
 
+    def _strength_controls(self, matching) -> None:
+        """The match fold's style strength tab: a slider per content region, the weight of its style loss
+        (``region_strength``, ours: 0 keeps the content, 1 the paper's); a change makes stylize stale."""
+        strengths = self.session.value("region_strength") or {}
+        if len(self.strength_sliders) != len(matching.matches):
+            self.strength_sliders = []
+            for region in range(len(matching.matches)):
+                slider = W.FloatSlider(min=0.0, max=3.0, step=0.05, description=f"region {region}",
+                                       continuous_update=False, style=STYLE, readout_format=".2f",
+                                       layout=W.Layout(width="300px"))
+                slider.add_class("sg-strength")
+                slider.observe(lambda _change: self._strength_changed(), names="value")
+                self.strength_sliders.append(slider)
+            note = W.HTML('<span style="font-size:12px">The weight of each content region\'s style loss (ours): 0 '
+                          'keeps the content there, 1 is the paper\'s, above 1 pulls harder toward its match. A '
+                          'change makes stylize stale.</span>', layout=W.Layout(width="420px"))
+            self.strength_box.children = [note, *self.strength_sliders]
+        self._quiet = True
+        try:
+            for region, slider in enumerate(self.strength_sliders):
+                slider.value = float(strengths.get(region, 1.0))
+        finally:
+            self._quiet = False
+
+    def _strength_changed(self) -> None:
+        if self._quiet:  # the sliders follow the session
+            return
+        chosen = {r: s.value for r, s in enumerate(self.strength_sliders) if s.value != 1.0}
+        self._setting_changed("region_strength", chosen or None)
+
     def _painter_panel(self) -> W.VBox:
         """The segment fold's paint tab: which image to paint, and the :class:`MaskPainter` (its *apply* puts the
         painted regions into the session and matches again)."""
@@ -463,7 +499,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 # maps come when the run has released the model, see _run)
                 self.attention_view = AttentionView(session, width=192, reference_width=144)
                 # one at a time: fits a screen
-                self.match_tabs = W.Tab(children=[self.match_matrix, self.attention_view])
+                self.match_tabs = W.Tab(children=[self.match_matrix, self.attention_view, self.strength_box])
                 for i, title in enumerate(MATCH_TABS):  # set_title: ipywidgets 7 (Colab) has no titles trait
                     self.match_tabs.set_title(i, title)
                 box.children = [self.match_tabs]
@@ -471,6 +507,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 self.match_matrix.refresh()
                 if session not in RUNNING:  # a run refreshes it when it has released the model
                     self._refresh_attention()
+            self._strength_controls(result)
         elif stage == "stylize":
             # the monitor keeps the curves of the phase it saw last: the refinement at the output size, if any
             last_phase = result.history if result.output_history is None else result.output_history

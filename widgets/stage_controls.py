@@ -111,5 +111,7 @@ def stage_controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
                                             description="region attention", style=STYLE)),
             ("output_size", W.Dropdown(options=output_options(size, v("output_size")), value=v("output_size"),
                                        description="output size", style=STYLE)),
+            ("keep_colours", W.Checkbox(value=bool(v("keep_colours")), description="keep the content's colours",
+                                        indent=False, layout=W.Layout(width="200px"))),
         ],
     }
