@@ -106,5 +106,5 @@ def test_the_autograder_passes_the_reference_answers_and_fails_a_wrong_one(stude
         scores = {s: gradebook.find_submission_notebook("02_regions", "stylegallery", s) for s in ("alice", "bob")}
         marks = {s: {g.name: g.score for g in nb.grades} for s, nb in scores.items()}
         maximum = scores["alice"].max_score
-    assert maximum == 4 and sum(marks["alice"].values()) == 4, marks
-    assert marks["bob"]["regions-ex2-check"] == 0 and sum(marks["bob"].values()) == 3, marks
+    assert maximum == 5 and sum(marks["alice"].values()) == 5, marks
+    assert marks["bob"]["regions-ex2-check"] == 0 and sum(marks["bob"].values()) == 4, marks
