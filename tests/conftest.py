@@ -57,3 +57,19 @@ def images(tmp_path):
     content.save(tmp_path / "content.png")
     style.save(tmp_path / "style.png")
     return tmp_path / "content.png", tmp_path / "style.png"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Headless Chromium through Playwright, one per test module (Playwright's sync API cannot run twice at once)."""
+    from browser_support import CHROMIUM, CHROMIUM_ARGS, need_chromium
+
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -25,8 +25,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import need_chromium, watched_page
 
-CHROMIUM = "/usr/bin/chromium"
 LONG_STEPS = 300  # the explorer's stylize: long enough to click Stop in (the tiny models take milliseconds a step)
 EXPLORER_HEIGHT = 800  # CSS px: the explorer fits a laptop screen, whichever fold is open
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -34,10 +34,6 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # settings (jupyter/notebook#7862); matched by its exact message and the bundle that throws it
 UPSTREAM_ERRORS = {"notebook7": [("Cannot read properties of undefined (reading 'schema')", "/static/notebook/notebook_core.")]}
 SCREENSHOTS = Path(os.environ.get("STYLEGALLERY_SCREENSHOTS", "/tmp"))
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 SETUP = """\
 import json, os
@@ -100,9 +96,7 @@ def _server_command(script: str, module: str) -> list[str]:
 @pytest.fixture(scope="module", params=list(FRONT_ENDS))
 def server(request, tmp_path_factory):
     """A JupyterLab or Notebook 7 server on a free loopback port, from this Python's environment."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install chromium for the browser test")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    need_chromium()
     script, module, app, notebook_path = FRONT_ENDS[request.param]
     pytest.importorskip(module, reason=f"{module} is not installed")
     base = tmp_path_factory.mktemp(request.param)
@@ -166,37 +160,11 @@ def server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    """Headless Chromium through Playwright, one for the module (Playwright's sync API cannot be started twice)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install chromium for the browser test")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture(scope="module")
 def page(server, chromium):
     """A page of its own in the module's Chromium; any uncaught exception or console error is collected."""
     height = int(os.environ.get("STYLEGALLERY_BROWSER_HEIGHT", "1100"))  # taller for whole-widget screenshots
     context = chromium.new_context(viewport={"width": 1400, "height": height}, device_scale_factor=1)
-    page = context.new_page()
-    errors: list[str] = []  # over the whole test: any uncaught exception or console error fails it
-    upstream = UPSTREAM_ERRORS.get(server["name"], [])
-
-    def uncaught(exc):
-        if not any(exc.message == message and where in (exc.stack or "") for message, where in upstream):
-            errors.append(f"uncaught: {exc.message}\n{exc.stack}")
-
-    page.on("pageerror", uncaught)
-    page.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text} at {msg.location}"))
-    page.errors = errors
+    page = watched_page(context, UPSTREAM_ERRORS.get(server["name"], []))
     try:
         yield page
     finally:
@@ -678,11 +646,9 @@ def test_batch_gallery_shows_every_result(chromium, model_dir, tmp_path):
     assert main(["batch", "--contents", str(tmp_path / "contents"), "--styles", str(tmp_path / "styles"), "-o", str(out),
                  "--model", str(model_dir / "sd"), "--no-semantic", "--no-depth", "--size", "64", "--steps", "2",
                  "--inversion-steps", "2", "--max-clusters", "3", "--quiet"]) == 0
-    page = chromium.new_page(viewport={"width": 1000, "height": 900})
+    context = chromium.new_context(viewport={"width": 1000, "height": 900})
+    page = watched_page(context)
     try:
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(exc.message))
-        page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
         page.goto((out / "gallery.html").as_uri())
         pictures = page.evaluate("""() => [...document.querySelectorAll('img.sg-gal-image')].map(
             (img) => ({alt: img.alt, ok: img.complete && img.naturalWidth > 0}))""")
@@ -701,8 +667,8 @@ def test_batch_gallery_shows_every_result(chromium, model_dir, tmp_path):
             str(i) for i in range(chips.count())]
         page.screenshot(path=str(SCREENSHOTS / "sg_batch_gallery.png"), full_page=True)
     finally:
-        page.close()
-    assert not errors, errors
+        context.close()
+    assert not page.errors, page.errors
 
 
 def test_the_tutorial_notebooks_open_unmodified(server, page):

@@ -125,3 +125,15 @@ function listen(model, handlers, onMessage) {
     if (onMessage) model.off("msg:custom", onMessage);
   };
 }
+
+// Hand the user a file: ``bytes`` (anything bytesOf takes) saved as ``name`` through the browser's download.
+function downloadBytes(value, name, type) {
+  const url = URL.createObjectURL(new Blob([bytesOf(value)], { type: type || "application/octet-stream" }));
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
