@@ -441,6 +441,7 @@ def test_stage_explorer_refines_at_the_output_size_chosen_in_its_control(session
     explorer = StageExplorer(session)
     control = explorer.controls["stylize"]["output_size"]
     assert control.value is None and [label for label, _ in control.options][:3] == ["working size", "256 px", "512 px"]
+    assert control.label == "working size"  # shown, not a blank control
     assert explorer.window_progress.layout.display == "none"
     frontend_update(control, index=1)  # "256 px" picked in the browser
     assert session.value("output_size") == 256 and explorer.stale == ["stylize"]
@@ -458,6 +459,9 @@ def test_stage_explorer_refines_at_the_output_size_chosen_in_its_control(session
     assert explorer.monitor.status.startswith("done: steps 4 to 4 of 4 (output size)")
     frontend_update(control, index=0)
     assert session.value("output_size") is None and explorer.stale == ["stylize"]
+    explorer.set(output_size=256)
+    explorer.set(output_size=None)  # set from code, the control shows the working size again
+    assert control.label == "working size" and session.value("output_size") is None
 
 
 def test_stage_explorer_sets_region_strength_and_keep_colours_from_its_controls(session):

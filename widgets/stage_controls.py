@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 import ipywidgets as W
+import traitlets as t
 
 from stylegallery.models.presets import PRESETS
 from stylegallery.session import Session
@@ -27,6 +28,21 @@ BADGE = {
 STYLE = {"description_width": "initial"}
 PAPER = "paper"  # the preset control's value for the paper's settings without a LoRA
 PRESET_NAMES = {"lcm": "LCM-LoRA", "hyper-sd": "Hyper-SD"}
+
+
+class NoneDropdown(W.Dropdown):
+    """A Dropdown one of whose options has the value None (the output size's "working size"): ipywidgets 8 reads a
+    value of None as "nothing chosen" and shows a blank control; this one shows that option."""
+
+    def __init__(self, options, value=None, **kwargs):
+        super().__init__(options=options, index=[v for _, v in options].index(value), **kwargs)
+
+    @t.observe("value")
+    def _propagate_value(self, change):
+        if change.new is None and None in self._options_values:
+            self.index = self._options_values.index(None)
+        else:
+            super()._propagate_value(change)
 
 
 def badge(kind: str, text: str) -> str:
@@ -109,7 +125,7 @@ def stage_controls(session: Session) -> dict[str, list[tuple[str, W.Widget]]]:
                                       **dict(floats, readout_format=".2f"))),
             ("region_attention", W.Dropdown(options=["zeroed", "masked"], value=v("region_attention"),
                                             description="region attention", style=STYLE)),
-            ("output_size", W.Dropdown(options=output_options(size, v("output_size")), value=v("output_size"),
+            ("output_size", NoneDropdown(output_options(size, v("output_size")), value=v("output_size"),
                                        description="output size", style=STYLE)),
             ("keep_colours", W.Checkbox(value=bool(v("keep_colours")), description="keep the content's colours",
                                         indent=False, layout=W.Layout(width="200px"))),
