@@ -7,12 +7,14 @@ overlay and the matrix are drawn (canvas pixels), clicks a content point of the 
 heat maps change and that the kernel has the new point (a re-run cell prints it), clicks a matrix cell and reads
 the kernel's new match table from a re-run cell, merges two regions, runs the explorer (whose loss monitor shows
 a live preview of the latent while stylize runs), stops a long stylize with Stop and reads the partial result in
-the kernel, then saves the notebook, reloads the page and checks that every output still displays. Any error in
-the page (an uncaught exception or a console error) fails the test. Skipped when /usr/bin/chromium is missing.
+the kernel, then saves the notebook, reloads the page and checks that every output still displays. A second test
+clicks each widget's "save PNG" and checks the downloaded file. Any error in the page (an uncaught exception or a
+console error) fails the test. Skipped when /usr/bin/chromium is missing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -391,8 +393,8 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     chips.nth(1 if first == 0 else 0).click()
     merge = view.get_by_role("button", name="merge")
     page.wait_for_function(
-        "() => document.querySelector('.sg-region-view .sg-button:not(.sg-kauto)').textContent.startsWith('merge ') "
-        "&& !document.querySelector('.sg-region-view .sg-button:not(.sg-kauto)').disabled"
+        "() => document.querySelector('.sg-region-view .sg-button:not(.sg-kauto):not(.sg-save)').textContent.startsWith('merge ') "
+        "&& !document.querySelector('.sg-region-view .sg-button:not(.sg-kauto):not(.sg-save)').disabled"
     )
     view.screenshot(path=str(SCREENSHOTS / f"sg_{front}_region_view_picked.png"))
     merge.click()
@@ -627,6 +629,73 @@ def test_widgets_render_and_drive_the_kernel(server, page):
     text = page.evaluate("() => document.body.textContent")
     assert "Error displaying widget" not in text and "model not found" not in text
     page.screenshot(path=str(SCREENSHOTS / f"sg_{front}_reopened_without_kernel.png"))
+    assert not page.errors, page.errors
+
+
+SAVE_STEPS = 3  # the explorer's stylize here: a short run, for its loss monitor and Compare to have a picture
+SAVED = {  # each widget's visible view (the top-level ones; the loss monitor and Compare in the explorer's stylize
+    # fold) and the file its "save PNG" button downloads
+    "regions": (".sg-region-view:visible", "regions-content.png", "view"),
+    "matrix": (".sg-match-matrix:visible", "match-matrix.png", "matrix"),
+    "attention": (".sg-attention-view:visible", None, "attention"),
+    "losses": (".sg-explorer .sg-loss-monitor:visible", "loss-curves.png", "explorer.monitor"),
+    "compare": (".sg-explorer .sg-compare:visible", "compare.png", "explorer.compare"),
+}
+
+
+def test_every_widget_saves_its_png_by_a_click(server, page, tmp_path):
+    """A click on each widget's "save PNG" button downloads a PNG named for the widget, byte for byte what the
+    kernel's to_png writes; the button is usable again afterwards and the explorer still fits."""
+    from PIL import Image
+
+    page.set_default_timeout(60_000)
+    front = server["name"]
+    _open_notebook(page, server)  # a fresh kernel where an earlier test shut its own down
+    page.evaluate(
+        """(scratch) => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            panel.content.widgets[panel.content.widgets.length - 1].model.sharedModel.setSource(scratch);
+            return window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs');
+        }""", SCRATCH)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    assert _printed(page, RESULT, "RESULT") is None  # every cell ran
+    ran = _scratch(page, f'session.set(steps={SAVE_STEPS})\nexplorer.run()\nprint("RAN=" + json.dumps(explorer.wait()))',
+                   "RAN")
+    assert ran == ["stylize"], ran
+    explorer = page.locator(".sg-explorer").first
+    _fold(page, explorer, "5 · stylize")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.sg-explorer .sg-cmp-img')].some((img) => img.naturalWidth === 128)")
+    page.wait_for_selector(".sg-attention-view img.sg-av-img[src^='data:image/png']", timeout=30_000)
+    attention_point = _scratch(page, 'print("AT=" + json.dumps(attention.point))', "AT")
+    files = {}
+    for key, (selector, name, _) in SAVED.items():
+        widget = page.locator(selector).first
+        widget.scroll_into_view_if_needed()
+        button = widget.get_by_role("button", name="save PNG")
+        with page.expect_download() as download:
+            button.click()
+        name = name or f"attention-zeroed-y{attention_point[0]}-x{attention_point[1]}.png"
+        assert download.value.suggested_filename == name, (key, download.value.suggested_filename)
+        files[key] = tmp_path / name
+        download.value.save_as(files[key])
+        page.wait_for_function("(button) => !button.disabled && button.textContent === 'save PNG'",
+                               arg=button.element_handle())  # no longer busy
+        widget.screenshot(path=str(SCREENSHOTS / f"sg_{front}_saved_{key}.png"))
+    # the kernel's own PNG of each widget (what to_png writes), in the state the views show: the same bytes
+    code = "import hashlib\nprint('SHA=' + json.dumps({%s}))" % ", ".join(
+        f'"{key}": hashlib.sha256({widget}.png()).hexdigest()' for key, (_, _, widget) in SAVED.items())
+    kernel = _scratch(page, code, "SHA")
+    sizes = {}
+    for key, path in files.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == kernel[key], key
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.info["dpi"] == pytest.approx((300, 300), abs=0.01), key
+            sizes[key] = list(image.size)
+    assert sizes["regions"] == [128, 128] and sizes["compare"] == [128 + 2 + 64, 128]  # full resolution
+    assert min(sizes["matrix"] + sizes["losses"] + sizes["attention"]) > 900  # figures at 300 dpi
+    assert explorer.bounding_box()["height"] <= EXPLORER_HEIGHT
+    explorer.screenshot(path=str(SCREENSHOTS / f"sg_{front}_saved_explorer.png"))
     assert not page.errors, page.errors
 
 

@@ -50,8 +50,9 @@ function render({ model, el: root }) {
   const [modeWrap, modeSelect] = select("sg-av-mode", "mode");
   const [queryWrap, querySelect] = select("sg-av-queries", "queries of");
   queryWrap.title = "the clean content's queries, or those of the last stylize result's latent (what the loss's target used at the end)";
-  controls.append(tWrap, layerWrap, headWrap, modeWrap, queryWrap);
   const status = el("div", "sg-status");
+  const [saveBtn, stopSaving] = saveButton(model, (text) => (status.textContent = text));
+  controls.append(tWrap, layerWrap, headWrap, modeWrap, queryWrap, saveBtn);
   box.append(caption, row, controls, status);
   root.appendChild(box);
 
@@ -263,6 +264,7 @@ function render({ model, el: root }) {
     for (const [events, fn] of Object.entries(handlers)) events.split(" ").forEach((e) => model.off(e, fn));
     model.off("msg:custom", onAnswer);
     clearTimeout(safety);
+    stopSaving();
   };
 }
 

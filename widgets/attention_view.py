@@ -19,6 +19,7 @@ from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Matching, Prepared, Segmentation
 
 from .shared.display import CSS, StaticReprMixin, SyncGuard, esm
+from .shared.export import FigureExport, file_name
 from .shared.pictures import data_url, figure_png, labels_array, png_bytes
 from .shared.runs import model_lock
 
@@ -46,7 +47,7 @@ def loss_layer_heads(pipe, layer: int) -> int:
     return int(getattr(module, "heads", 1))
 
 
-class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
+class AttentionView(StaticReprMixin, FigureExport, SyncGuard, anywidget.AnyWidget):
     """Where a content point attends in the references under the style loss's target attention
     (:meth:`StyleGallery.attention_maps`).
 
@@ -65,7 +66,8 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
 
     ``AttentionView(session)`` uses the session's results and stylize settings (:meth:`refresh` follows new
     ones); ``AttentionView(pipe, prepared, segmentation, matching, steps=..., scheduler=..., stylization=...)``
-    works on results.
+    works on results. :meth:`to_png`, :meth:`to_svg` (and the view's *save PNG*) write the maps shown as a
+    figure (:func:`stylegallery.plot.attention_map`): the point, and the mode, timestep, layer, head and queries.
     """
 
     _esm = esm("attention_view.js")
@@ -120,6 +122,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         self._stylization = stylization
         self._shown = None  # what the pictures were made from: results and matches
         self._maps = None
+        self._maps_queries = "content"  # whose queries the maps shown were computed from
         self._computed = None  # what the maps shown were computed from (see _key)
         self._quiet = True  # no update while the traits are set up
         super().__init__(width=width, reference_width=reference_width, **kwargs)
@@ -275,7 +278,7 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             return False
         finally:
             lock.release()
-        self._maps, self._computed = maps, key
+        self._maps, self._computed, self._maps_queries = maps, key, self.queries
         share = maps.share_inside[0]
         match = maps.matches[0]
         names = self.reference_names
@@ -316,11 +319,24 @@ class AttentionView(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         if kind == "refresh":
             self.refresh()
 
-    # ------------------------------------------------------------------ static picture
+    # ------------------------------------------------------------------ pictures
+    def _picture(self):
+        """The figure of the maps shown: the point on the content, each reference under its heat map."""
+        if self._maps is None:
+            raise StyleGalleryError("there are no attention maps to draw yet: select a point of the content")
+        figure = plot.attention_map(self._inputs()[0], self._maps)
+        head = "mean of heads" if self._maps.head is None else f"head {self._maps.head}"
+        figure.suptitle(f"{figure.get_suptitle()}\n{head} · queries of the {self._maps_queries}", fontsize=11)
+        return figure
+
+    def _picture_name(self) -> str:
+        y, x = self._maps.points[0]  # asked for once the picture is made: there are maps
+        return file_name("attention", self._maps.mode, f"y{y}", f"x{x}")
+
     def _repr_png_(self) -> bytes:
         if self._maps is not None:
             try:
-                return figure_png(plot.attention_map(self._inputs()[0], self._maps))
+                return figure_png(self._picture())
             except StyleGalleryError:
                 pass
         if self.content_png:

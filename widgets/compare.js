@@ -16,7 +16,11 @@ function render({ model, el: root }) {
   frame.append(after, before, handle, leftTag, rightTag);
   const slider = el("input", "sg-range sg-cmp-range");
   Object.assign(slider, { type: "range", min: "0", max: "1", step: "0.005" });
-  main.append(frame, slider);
+  const status = el("div", "sg-status sg-cmp-status");
+  const [saveBtn, stopSaving] = saveButton(model, (text) => (status.textContent = text));
+  const controls = el("div", "sg-row sg-cmp-controls");
+  controls.append(slider, saveBtn);
+  main.append(frame, controls, status);
   const refs = el("div", "sg-cmp-refs");
   box.append(main, refs);
   root.appendChild(box);
@@ -59,7 +63,8 @@ function render({ model, el: root }) {
 
   function setWidth() {
     frame.style.width = `${model.get("width")}px`;
-    slider.style.width = `${model.get("width")}px`;
+    controls.style.width = `${model.get("width")}px`;
+    status.style.maxWidth = `${model.get("width")}px`;
   }
 
   function positionAt(event) {
@@ -94,14 +99,17 @@ function render({ model, el: root }) {
     "change:style_pngs": setImages,
     "change:style_names": setImages,
     "change:width": setWidth,
+    "change:status": () => (status.textContent = model.get("status")),
   };
   for (const [event, fn] of Object.entries(handlers)) model.on(event, fn);
   setWidth();
   setImages();
   setPosition();
+  status.textContent = model.get("status");
   return () => {
     for (const [event, fn] of Object.entries(handlers)) model.off(event, fn);
     freeUrls();
+    stopSaving();
   };
 }
 

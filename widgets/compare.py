@@ -10,14 +10,17 @@ from stylegallery import plot
 from stylegallery.errors import StyleGalleryError
 
 from .shared.display import CSS, StaticReprMixin, SyncGuard, esm
+from .shared.export import PictureExport, file_name
 from .shared.pictures import montage, png_bytes, to_image
 
 
-class Compare(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
+class Compare(StaticReprMixin, PictureExport, SyncGuard, anywidget.AnyWidget):
     """Content and result under one before/after slider (drag across the picture), references beside it.
 
     ``Compare(content, result, styles)`` takes PIL images, arrays or paths; ``Compare.from_session(session)``
     takes them from a finished session (``result`` may also be a Stylization or a StyleGalleryOutput).
+    :meth:`to_png` (and the view's *save PNG*) writes the split picture at the slider's ``position``, at the
+    result's full resolution, with the references beside it.
     """
 
     _esm = esm("compare.js")
@@ -29,6 +32,7 @@ class Compare(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     style_names = t.List(t.Unicode()).tag(sync=True)
     position = t.Float(0.5, min=0.0, max=1.0).tag(sync=True)
     width = t.Int(384).tag(sync=True)
+    status = t.Unicode("").tag(sync=True)
 
     def __init__(self, content, result, styles=(), *, style_names=None, position: float = 0.5, width: int = 384, **kwargs):
         super().__init__(position=position, width=width, **kwargs)
@@ -59,19 +63,21 @@ class Compare(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             self.style_pngs = [png_bytes(s, 256) for s in self._styles]
             self.style_names = list(style_names or [f"style {i + 1}" for i in range(len(self._styles))])
 
-    def _repr_png_(self) -> bytes:
+    def _picture(self, height: int | None = None) -> Image.Image:
+        """Content left of the slider's position, result right of it, tagged, with the references in a column
+        beside them; ``height``: the picture's (default the result's own, no scaling)."""
         from PIL import ImageFont
 
-        height = min(max(self._result.height, 320), 512)
+        height = height or self._result.height
         width = max(1, round(self._result.width * height / self._result.height))
         content = self._content.resize((width, height), Image.Resampling.LANCZOS)
         both = self._result.resize((width, height), Image.Resampling.LANCZOS)
         split = round(self.position * width)
         both.paste(content.crop((0, 0, split, height)), (0, 0))
         draw = ImageDraw.Draw(both)
-        draw.line([(split, 0), (split, height)], fill=(255, 255, 255), width=3)
+        draw.line([(split, 0), (split, height)], fill=(255, 255, 255), width=max(2, round(height / 128)))
         try:
-            font = ImageFont.load_default(size=16)
+            font = ImageFont.load_default(size=max(10, round(height / 20)))
         except TypeError:  # Pillow < 10.1
             font = ImageFont.load_default()
         for x, text, anchor in ((8, "content", "la"), (width - 8, "result", "ra")):
@@ -85,4 +91,10 @@ class Compare(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             for i, style in enumerate(self._styles):
                 column.paste(style.resize((side - 4, side - 4), Image.Resampling.LANCZOS), (2, i * side + 2))
             pictures.append(column)
-        return png_bytes(montage(pictures, height=height, gap=8), max_side=1200)
+        return montage(pictures, height=height, gap=max(2, round(height / 64)))
+
+    def _picture_name(self) -> str:
+        return file_name("compare")
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self._picture(min(max(self._result.height, 320), 512)), max_side=1200)

@@ -45,7 +45,9 @@ function render({ model, el: root }) {
   const logBox = el("input");
   logBox.type = "checkbox";
   logLabel.append(logBox, document.createTextNode(" log scale"));
-  head.append(title, stop, busyHint, logLabel);
+  const status = el("div", "sg-status");
+  const [saveBtn, stopSaving] = saveButton(model, (text) => (status.textContent = text));
+  head.append(title, stop, busyHint, logLabel, saveBtn);
 
   const progress = el("div", "sg-progress");
   const bar = el("div", "sg-progress-bar");
@@ -61,7 +63,6 @@ function render({ model, el: root }) {
   const previewLabel = el("div", "sg-small", "");
   previewBox.append(preview, previewLabel);
   body.append(plotBox, previewBox);
-  const status = el("div", "sg-status");
   box.append(head, progress, body, status);
   root.appendChild(box);
 
@@ -251,6 +252,7 @@ function render({ model, el: root }) {
   return () => {
     for (const [event, fn] of Object.entries(handlers)) model.off(event, fn);
     if (previewUrl) URL.revokeObjectURL(previewUrl);
+    stopSaving();
   };
 }
 

@@ -14,11 +14,12 @@ from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Stylization
 
 from .shared.display import CSS, StaticReprMixin, SyncGuard, esm
-from .shared.pictures import figure_png, png_bytes
+from .shared.export import FigureExport, file_name
+from .shared.pictures import figure_png, png_bytes, to_image
 from .shared.runs import BackgroundRun
 
 
-class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
+class LossMonitor(StaticReprMixin, FigureExport, SyncGuard, anywidget.AnyWidget):
     """Live loss curves (total, content, style per region) and previews of a running stylization.
 
     :meth:`run` stylizes in a worker thread with this monitor watching (``monitor.run(session)`` or
@@ -34,6 +35,9 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     ``preview_every=N`` for a preview every N steps; :meth:`show` the result at the end). Run so on the kernel's
     main thread, the kernel reads no click until the cell ends: the view then says to use the kernel's
     interrupt button, which stops stylize the same way. :meth:`stop` works from any thread.
+
+    :meth:`to_png`, :meth:`to_svg` (and the view's *save PNG*) write the curves as shown (log scale included)
+    with the latest preview or result beside them, at its full resolution.
     """
 
     _esm = esm("loss_monitor.js")
@@ -63,6 +67,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         self.preview_size = preview_size
         self._buffer: dict = {}
         self._preview = None  # (picture, step, loss) of the latest preview not yet sent to the view
+        self._shown = None  # the full-resolution picture of the preview shown
         self._last_sent = 0.0
         self._started = 0.0
         self._run = BackgroundRun("stylegallery-loss-monitor")
@@ -134,7 +139,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     # ------------------------------------------------------------------ the callback
     def _reset(self, total_steps: int = 0) -> None:
         self._buffer = {"steps": [], "total": [], "content": [], "style": [], "regions": {}}
-        self._preview = None
+        self._preview = self._shown = None
         with self.hold_sync():
             self.steps, self.total, self.content, self.style_loss, self.regions = [], [], [], [], {}
             self.total_steps = total_steps
@@ -242,6 +247,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
             if self._preview is not None:
                 picture, at, loss = self._preview
                 self.preview_png = png_bytes(picture, self.preview_size)
+                self._shown = picture
                 self.preview_step = at
                 self.preview_caption = f"live preview · step {at} of {self.total_steps} · loss {loss:.4g}"
                 self._preview = None
@@ -273,6 +279,7 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
         step = stylization.last_step
         with self.hold_sync():
             self.preview_png = png_bytes(stylization.image, self.preview_size)
+            self._shown = stylization.image
             self.preview_step = step
             self.preview_caption = f"result (VAE decode) · step {step}"
 
@@ -280,31 +287,46 @@ class LossMonitor(StaticReprMixin, SyncGuard, anywidget.AnyWidget):
     def history(self) -> list[dict]:
         """The recorded steps as dicts (like :attr:`Stylization.history`)."""
         b = self._buffer
+        # zip: a step the run's thread is recording now (some of its lists longer by one) is left out
         return [
-            dict(step=s, total=b["total"][i], content=b["content"][i], style=b["style"][i],
+            dict(step=s, total=total, content=content, style=style,
                  style_per_region={k: v[i] for k, v in b["regions"].items() if i < len(v) and v[i] is not None})
-            for i, s in enumerate(b["steps"])
+            for i, (s, total, content, style) in enumerate(zip(b["steps"], b["total"], b["content"], b["style"]))
         ]
 
-    # ------------------------------------------------------------------ static picture
+    # ------------------------------------------------------------------ pictures
+    def _figure(self):
+        """The loss curves as shown, with the preview shown beside them (at its full resolution)."""
+        picture = None if self._shown is None or not self.preview_png else to_image(self._shown)
+        return _loss_figure(self.history, picture, self.preview_caption, self.status, self.log_scale)
+
+    def _picture(self):
+        if not self._buffer["steps"]:
+            raise StyleGalleryError("this monitor has no steps yet: run stylize with it, or show() a result")
+        return self._figure()
+
+    def _picture_name(self) -> str:
+        return file_name("loss curves")
+
     def _repr_png_(self) -> bytes:
-        return figure_png(_loss_figure(self.history, self.preview_png, self.preview_caption, self.status))
+        return figure_png(self._figure())
 
 
-def _loss_figure(history: list[dict], preview: bytes, caption: str, status: str):
-    """Loss curves (``stylegallery.plot.loss_curves``) with the latest preview beside them."""
-    import io
-
+def _loss_figure(history: list[dict], picture, caption: str, status: str, log_scale: bool):
+    """Loss curves (``stylegallery.plot.loss_curves``, on a log scale if asked) with ``picture`` (a PIL image or
+    None) beside them."""
     from matplotlib.figure import Figure
-    from PIL import Image
 
-    fig = Figure(figsize=(9.0 if preview else 6.0, 3.4), layout="constrained")
-    axes = fig.subplots(1, 2, width_ratios=[2.2, 1]) if preview else [fig.subplots(1, 1)]
+    fig = Figure(figsize=(6.0 if picture is None else 9.0, 3.4), layout="constrained")
+    axes = [fig.subplots(1, 1)] if picture is None else fig.subplots(1, 2, width_ratios=[2.2, 1])
     plot.loss_curves(history, ax=axes[0])
+    if log_scale and history:
+        axes[0].set_yscale("log")
+        axes[0].set_ylabel("loss (log scale)")
     fig.suptitle(status, fontsize=9)
-    if preview:
+    if picture is not None:
         side = axes[1]
-        side.imshow(Image.open(io.BytesIO(preview)))
+        side.imshow(picture)
         side.set_axis_off()
         side.set_title(caption, fontsize=8)
     return fig

@@ -20,15 +20,26 @@ function sameMatch(a, b) {
 
 function render({ model, el: root }) {
   const box = el("div", "sg-widget sg-match-matrix");
+  const head = el("div", "sg-row");
   const title = el("div", "sg-title", "match matrix");
+  const partLabel = el("label", "sg-label", "colour by ");
+  const partSelect = el("select", "sg-mm-part");
+  ["score", "statistical", "semantic", "geometric"].forEach((p) => {
+    const option = el("option", "", p);
+    option.value = p;
+    partSelect.appendChild(option);
+  });
+  partLabel.appendChild(partSelect);
+  const status = el("div", "sg-status");
+  const [saveBtn, stopSaving] = saveButton(model, (text) => (status.textContent = text));
+  head.append(title, partLabel, saveBtn);
   const hint = el("div", "sg-small", "click a cell to match that content region to that style region; tick keep to leave a region unstylized");
   const wrap = el("div", "sg-mm-wrap");
   const canvas = el("canvas", "sg-mm-canvas");
   wrap.appendChild(canvas);
   const info = el("div", "sg-mm-info", "hover a cell for its score parts");
   const table = el("div", "sg-mm-table");
-  const status = el("div", "sg-status");
-  box.append(title, hint, wrap, info, table, status);
+  box.append(head, hint, wrap, info, table, status);
   root.appendChild(box);
 
   let hover = null; // {row, col} or {row, keep: true}
@@ -69,7 +80,8 @@ function render({ model, el: root }) {
     ctx.clearRect(0, 0, L.width, L.height);
     const fg = getComputedStyle(box).color || "#222";
 
-    const score = model.get("score") || [];
+    const part = model.get("part") || "score";
+    const score = (part === "score" ? model.get("score") : (model.get("parts") || {})[part]) || [];
     const columns = model.get("columns") || [];
     const matches = model.get("matches") || [];
     const best = model.get("best") || [];
@@ -253,15 +265,28 @@ function render({ model, el: root }) {
     draw();
     updateTable();
   };
+  partSelect.addEventListener("change", () => {
+    model.set("part", partSelect.value);
+    model.save_changes();
+    draw();
+  });
+  const onPart = () => {
+    partSelect.value = model.get("part");
+    draw();
+  };
   const events = ["score", "parts", "weights", "columns", "matches", "best", "overridden", "reference_names", "row_colors", "column_colors"];
   events.forEach((name) => model.on(`change:${name}`, redraw));
   const onStatus = () => (status.textContent = model.get("status"));
   model.on("change:status", onStatus);
+  model.on("change:part", onPart);
+  partSelect.value = model.get("part");
   redraw();
   onStatus();
   return () => {
     events.forEach((name) => model.off(`change:${name}`, redraw));
     model.off("change:status", onStatus);
+    model.off("change:part", onPart);
+    stopSaving();
   };
 }
 

@@ -12,6 +12,7 @@ from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Matching
 
 from .shared.display import CSS, EditHooks, StaticReprMixin, SyncGuard, esm
+from .shared.export import FigureExport, file_name
 from .shared.pictures import figure_png, hex_colours
 from .shared.runs import check_idle
 
@@ -23,15 +24,17 @@ def _rows(tensor) -> list[list[float]]:
     return [[round(float(v), 5) for v in row] for row in tensor.detach().cpu().float().tolist()]
 
 
-class MatchMatrix(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
+class MatchMatrix(StaticReprMixin, EditHooks, FigureExport, SyncGuard, anywidget.AnyWidget):
     """The match matrix of a :class:`~stylegallery.Matching`: content regions (rows) x every region of every
     reference (columns, grouped by reference), coloured by score.
 
     The outlined cell of each row is its current match; the dot marks the best-scoring one. Clicking a cell
     overrides that content region's match at once (:meth:`Matching.override`); the *keep* box at the end of a
     row leaves that region unstylized (:meth:`Matching.keep_content`); unticking it restores the match it had.
-    Hovering a cell shows its score and the three weighted parts. Built from a session
-    (``MatchMatrix(session)``), edits also go into the session (:meth:`Session.replace`), making stylize stale.
+    Hovering a cell shows its score and the three weighted parts; ``part`` (the view's *colour by*) colours the
+    cells by the score or one of its parts. Built from a session (``MatchMatrix(session)``), edits also go into
+    the session (:meth:`Session.replace`), making stylize stale. :meth:`to_png`, :meth:`to_svg` (and the view's
+    *save PNG*) write the matrix of the part shown as a figure (:func:`stylegallery.plot.match_matrix`).
     """
 
     _esm = esm("match_matrix.js")
@@ -48,6 +51,7 @@ class MatchMatrix(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
     reference_names = t.List().tag(sync=True)
     row_colors = t.List().tag(sync=True)  # content region colours (as in the RegionView of the content)
     column_colors = t.List().tag(sync=True)  # each column's colour in its reference's RegionView
+    part = t.Enum(("score",) + PARTS, "score").tag(sync=True)  # what colours the cells
     status = t.Unicode("").tag(sync=True)
 
     def __init__(self, matching, *, reference_names: list[str] | None = None, **kwargs):
@@ -180,6 +184,13 @@ class MatchMatrix(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
         """The match table of the Matching shown (:meth:`Matching.table`)."""
         return self.matching.table()
 
-    # ------------------------------------------------------------------ static picture
+    # ------------------------------------------------------------------ pictures
+    def _picture(self):
+        """The figure of the matrix of the part shown, its matches and overrides marked."""
+        return plot.match_matrix(self.matching, part=self.part, names=self.reference_names)
+
+    def _picture_name(self) -> str:
+        return file_name("match matrix", "" if self.part == "score" else self.part)
+
     def _repr_png_(self) -> bytes:
-        return figure_png(plot.match_matrix(self.matching))
+        return figure_png(self._picture())

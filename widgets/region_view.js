@@ -2,6 +2,7 @@
 
 function render({ model, el: root }) {
   const box = el("div", "sg-widget sg-region-view");
+  const head = el("div", "sg-row sg-rv-head");
   const title = el("div", "sg-title");
   const stage = el("div", "sg-rv-stage");
   const canvas = el("canvas", "sg-rv-canvas");
@@ -15,15 +16,17 @@ function render({ model, el: root }) {
   Object.assign(opacity, { type: "range", min: "0", max: "1", step: "0.05" });
   const mergeButton = el("button", "sg-button", "merge");
   mergeButton.title = "join the second picked region into the first";
+  const status = el("div", "sg-status");
+  const [saveBtn, stopSaving] = saveButton(model, (text) => (status.textContent = text));
   controls.append(opacityLabel, opacity, mergeButton);
+  head.append(title, saveBtn);
 
   const legend = el("div", "sg-legend");
   const kBox = el("div", "sg-kbox");
   const kTitle = el("div", "sg-small", "silhouette per k · click to re-segment");
   const kBars = el("div", "sg-kbars");
   kBox.append(kTitle, kBars);
-  const status = el("div", "sg-status");
-  box.append(title, stage, controls, legend, kBox, status);
+  box.append(head, stage, controls, legend, kBox, status);
   root.appendChild(box);
 
   let bitmap = null;
@@ -226,7 +229,11 @@ function render({ model, el: root }) {
   onLabels();
   updateK();
   onImage();
-  return listen(model, handlers, onAnswer);
+  const stopListening = listen(model, handlers, onAnswer);
+  return () => {
+    stopListening();
+    stopSaving();
+  };
 }
 
 export default { render };

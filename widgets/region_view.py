@@ -7,13 +7,16 @@ import weakref
 import anywidget
 import numpy as np
 import traitlets as t
+from PIL import Image
 
 from stylegallery import plot
 from stylegallery.analysis.figures import plural
+from stylegallery.analysis.pictures import border, overlay_array, upsample_labels
 from stylegallery.errors import StyleGalleryError
 from stylegallery.results import Prepared, Segmentation
 
 from .shared.display import CSS, EditHooks, StaticReprMixin, SyncGuard, esm
+from .shared.export import PictureExport, file_name
 from .shared.pictures import figure_png, hex_colours, labels_array, overlay, png_bytes, to_image
 from .shared.runs import check_idle, model_lock
 
@@ -22,7 +25,7 @@ _CURVES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CURVE_SETTINGS = ("max_clusters", "n_components", "n_init", "silhouette_sample", "seed")
 
 
-class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
+class RegionView(StaticReprMixin, EditHooks, PictureExport, SyncGuard, anywidget.AnyWidget):
     """An image with its region label map drawn over it on a canvas.
 
     Hover shows a region's id and size (in latent pixels: cells of the latent grid, 8×8 image pixels each with
@@ -34,6 +37,7 @@ class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
 
     Build from a :class:`~stylegallery.Session` (``RegionView(session, index=0)``), from results
     (``RegionView(prepared, segmentation, index=0)``) or from a picture and a label map (``RegionView(image, labels)``).
+    :meth:`to_png` (and the view's *save PNG*) writes the overlay as shown, at the image's full resolution.
     """
 
     _esm = esm("region_view.js")
@@ -249,6 +253,8 @@ class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
 
     def _on_message(self, _widget, content, _buffers) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
+        if kind not in ("merge", "set_k"):
+            return
         try:
             if kind == "merge":
                 self.merge()
@@ -259,7 +265,27 @@ class RegionView(StaticReprMixin, EditHooks, SyncGuard, anywidget.AnyWidget):
         finally:  # the view shows "merging…" until this answer, then the status (which may not have changed)
             self.send({"type": "answered"})
 
-    # ------------------------------------------------------------------ static picture
+    # ------------------------------------------------------------------ pictures
+    def _picture(self) -> Image.Image:
+        """The image with the overlay at its opacity, the borders between regions and the picked regions outlined
+        (the last one white, the one before yellow), as the view draws them, at the image's resolution."""
+        labels = self.label_map()
+        mixed = overlay_array(self.image(), labels, self.opacity)
+        full = upsample_labels(labels, mixed.shape[:2])
+        if self.opacity > 0:
+            edges = np.zeros(full.shape, dtype=bool)
+            edges[:, 1:] |= full[:, 1:] != full[:, :-1]
+            edges[1:] |= full[1:] != full[:-1]
+            strength = min(0.85, 0.3 + self.opacity)
+            mixed[edges] = np.round((1 - strength) * mixed[edges] + strength * 255).astype(np.uint8)
+        picked = list(self.picked)
+        for i, region in enumerate(picked):
+            mixed[border(full == region, width=2)] = (255, 255, 255) if i == len(picked) - 1 else (255, 225, 77)
+        return Image.fromarray(mixed)
+
+    def _picture_name(self) -> str:
+        return file_name("regions", self.title or f"image {self.index}")
+
     def _repr_png_(self) -> bytes:
         highlight = list(self.picked) or ([self.selected] if self.selected >= 0 else [])
         if highlight:  # plot.region_overlay has no outline for picked regions

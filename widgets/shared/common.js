@@ -137,3 +137,45 @@ function downloadBytes(value, name, type) {
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
+
+// The "save PNG" button of a view: a click asks the kernel for the widget's picture (what to_png writes), which
+// comes back as the answer's buffer and is downloaded under the name the kernel gives. Each request has an id, so
+// only the view that asked downloads. While waiting the button says so; an error goes to ``showError(text)``.
+// Returns [button, the function that stops listening].
+function saveButton(model, showError) {
+  const label = "save PNG";
+  const button = el("button", "sg-button sg-save", label);
+  button.title = "download this view as a PNG (what to_png writes)";
+  let pending = null;
+  let safety = null;
+  const done = () => {
+    pending = null;
+    clearTimeout(safety);
+    button.disabled = false;
+    button.textContent = label;
+    button.classList.remove("sg-busy");
+  };
+  button.addEventListener("click", () => {
+    if (pending) return;
+    pending = Math.random().toString(36).slice(2);
+    button.disabled = true;
+    button.textContent = "saving…";
+    button.classList.add("sg-busy");
+    model.send({ type: "save_png", id: pending });
+    safety = setTimeout(() => {  // never stuck if the kernel is gone
+      done();
+      showError("⚠ no answer from the kernel: is it running?");
+    }, 60000);
+  });
+  const onMessage = (message, buffers) => {
+    if (!message || message.type !== "png" || message.id !== pending) return;
+    done();
+    if (message.error) showError(`⚠ ${message.error}`);
+    else downloadBytes(buffers && buffers[0], message.name, "image/png");
+  };
+  model.on("msg:custom", onMessage);
+  return [button, () => {
+    model.off("msg:custom", onMessage);
+    clearTimeout(safety);
+  }];
+}
