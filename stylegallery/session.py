@@ -176,6 +176,15 @@ class Session:
             self.last_stylization = self.results["stylize"]
         return self.stale
 
+    def export_html(self, path, *, overwrite: bool = False) -> Path:
+        """Write the whole run as one self-contained HTML page (pictures embedded, no network): regions, matches,
+        losses, attention maps, per-region scores, a before/after slider and every setting
+        (:func:`stylegallery.tools.session_page.export_session`). The session must have run to the end; an existing
+        file is replaced only with ``overwrite=True``. Returns the path."""
+        from .tools.session_page import export_session
+
+        return export_session(self, path, overwrite=overwrite)
+
     prepared = property(lambda self: self.results["prepare"])
     inversion = property(lambda self: self.results["invert"])
     segmentation = property(lambda self: self.results["segment"])

@@ -1,5 +1,5 @@
-"""The ``stylegallery`` command line: ``run`` a style transfer, ``batch`` a plan of them, ``make-test-model`` for
-offline models."""
+"""The ``stylegallery`` command line: ``run`` a style transfer, ``batch`` a plan of them, ``studio`` (the explorer as a
+web app, served by Voila), ``make-test-model`` for offline models."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ import warnings
 from pathlib import Path
 
 from ..errors import StyleGalleryError
+
+#: The environment variable through which ``stylegallery studio`` hands the app's kernel its model and settings (JSON).
+STUDIO_ENVIRONMENT = "STYLEGALLERY_STUDIO"
+UPLOAD_LIMIT = 64 * 2**20  # bytes of one message from the studio's page: all the pictures of one upload
+#: The front-end extensions the studio's page loads: the widgets' only.
+STUDIO_EXTENSIONS = ["@jupyter-widgets/jupyterlab-manager", "@voila-dashboards/widgets-manager7",
+                     "@voila-dashboards/widgets-manager8", "anywidget"]
+STUDIO_IDLE_KERNEL = 1800  # seconds: a studio kernel without a page connected to it and idle that long is shut down
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--style-mask", metavar="N=FILE", action="append", default=[],
                      help="the same for reference N (counted from 1); repeat for several")
     run.add_argument("--report", help="write a JSON report here")
+    run.add_argument("--html", metavar="PAGE", help="write the whole run as one self-contained HTML page here (regions, "
+                     "matches, losses, attention maps, scores, a before/after slider, every setting)")
     run.add_argument("--save-regions", metavar="DIR", help="write each image's region map as a PNG here")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_model_options(batch)
     _add_settings(batch)
+    studio = sub.add_parser("studio", help="the step-through explorer as a web page for people who do not code "
+                                           "(served by Voila; each browser tab loads its own copy of the models)")
+    _add_model_options(studio)
+    studio.add_argument("--size", type=int, default=512, help="the app's starting working size, a multiple of 64 (512)")
+    studio.add_argument("--steps", type=int, default=None, help="the app's starting optimization timesteps (150)")
+    studio.add_argument("--port", type=int, default=8866, help="port of the web server (8866)")
+    studio.add_argument("--ip", default="localhost", help="address to listen on (localhost; 0.0.0.0: every network "
+                        "interface, for other machines: anyone who reaches the port can use the app)")
+    studio.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     make = sub.add_parser("make-test-model", help="write tiny random-weight models to DIR/sd, DIR/dinov2, DIR/depth, "
                                                    "DIR/sam and a LoRA to DIR/lora")
     make.add_argument("folder")
@@ -132,11 +151,10 @@ def _mask_paths(args) -> dict[int, str]:
     return paths
 
 
-def _load_pipe(args, device: str | None = None):
-    from ..pipeline import StyleGallery
-
-    return StyleGallery.from_pretrained(
-        args.model,
+def _model_kwargs(args, device: str | None = None) -> dict:
+    """The model options as arguments of :meth:`StyleGallery.from_pretrained` (plain values: JSON for the studio)."""
+    return dict(
+        model=args.model,
         config=args.model_config,
         semantic_model=False if args.no_semantic else args.semantic_model,
         depth_model=False if args.no_depth else args.depth_model,
@@ -149,8 +167,14 @@ def _load_pipe(args, device: str | None = None):
     )
 
 
+def _load_pipe(args, device: str | None = None):
+    from ..pipeline import StyleGallery
+
+    return StyleGallery.from_pretrained(**_model_kwargs(args, device))
+
+
 def _outputs(args) -> list[Path]:
-    paths = [Path(args.output)] + ([Path(args.report)] if args.report else [])
+    paths = [Path(args.output)] + [Path(p) for p in (args.report, args.html) if p]
     if args.save_regions:
         names = ["content"] + [f"style{j + 1}" for j in range(len(args.styles))]
         paths += [Path(args.save_regions) / f"regions_{n}.png" for n in names]
@@ -186,8 +210,11 @@ def _run(args) -> None:
     from ..analysis.report import run_report
     from ..images import load_masks
     from ..results import region_png, write_atomic
+    from .session_page import check_page_path, export_html
 
     _check(args)
+    if args.html:
+        check_page_path(args.html)
     outputs = _outputs(args)
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not args.overwrite:
@@ -212,6 +239,10 @@ def _run(args) -> None:
             {k: getattr(args, k) for k in ("size", "inversion_steps", "max_clusters", "region_attention", "seed")},
             fast=args.fast, **({"region_source": "sam"} if args.sam else {})))
         write_atomic(args.report, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    if args.html:
+        export_html(args.html, out.prepared, out.segmentation, out.matching, out.stylization, pipe=pipe,
+                    inversion=out.inversion, timings=out.timings, prepare_settings={"size": args.size},
+                    overwrite=args.overwrite)
     print(f"wrote {args.output}" + (" (tiny test models: mechanics only, not real stylization)" if pipe.test_models else ""))
 
 
@@ -318,6 +349,54 @@ def _batch(args, argv: list[str]) -> int:
     return 0 if under_accelerate else _batch_status(run.failed)
 
 
+def _studio(args) -> int:
+    """Serve the studio (the packaged notebook widgets/studio.ipynb) with Voila until interrupted; its kernels read
+    the model options and starting settings from :data:`STUDIO_ENVIRONMENT`. Returns Voila's exit status."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    from ..settings import check_settings
+
+    missing = [name for name in ("voila", "ipywidgets", "anywidget", "ipykernel") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise StyleGalleryError(f"the studio needs {', '.join(missing)} (not installed here): "
+                                'pip install "stylegallery[studio]"')
+    widgets = importlib.util.find_spec("stylegallery.widgets")  # found, not imported: the core never loads Jupyter
+    notebook = Path(widgets.submodule_search_locations[0]) / "studio.ipynb" if widgets is not None else None
+    if notebook is None or not notebook.is_file():
+        raise StyleGalleryError("this installation of stylegallery lacks the studio's notebook "
+                                "(stylegallery/widgets/studio.ipynb): reinstall it")
+    check_settings(size=args.size, steps=args.steps)
+    if args.sam == "":
+        raise StyleGalleryError("--sam takes a SAM folder or Hub id, or nothing for the default")
+    settings = dict(size=args.size, **({"steps": args.steps} if args.steps is not None else {}))
+    with tempfile.TemporaryDirectory(prefix="stylegallery-studio-") as folder:
+        # the app's kernels run this Python (where stylegallery is installed), whatever kernel "python3" means elsewhere
+        spec = Path(folder) / "kernels" / "python3"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (stylegallery studio)", "language": "python"}))
+        # Voila reads voila.json in its working folder. Uploads travel over the kernel's websocket: room for large
+        # photos (tornado's default is 10 MiB a message). The page loads only the widgets' front-end extensions:
+        # others installed beside them (a notebook front end's, nbgrader's) fail in Voila's page with errors. A tab
+        # closed without telling the server leaves its kernel, with its models, idle: it is shut down after a while
+        (Path(folder) / "voila.json").write_text(json.dumps({
+            "Voila": {"tornado_settings": {"websocket_max_message_size": UPLOAD_LIMIT}},
+            "VoilaConfiguration": {"extension_allowlist": STUDIO_EXTENSIONS},
+            "MappingKernelManager": {"cull_idle_timeout": STUDIO_IDLE_KERNEL, "cull_interval": 60}}))
+        env = dict(os.environ, JUPYTER_PATH=os.pathsep.join(p for p in (folder, os.environ.get("JUPYTER_PATH")) if p))
+        env[STUDIO_ENVIRONMENT] = json.dumps({"model": _model_kwargs(args), "settings": settings})
+        command = [sys.executable, "-m", "voila", str(notebook), f"--port={args.port}", f"--Voila.ip={args.ip}",
+                   "--strip_sources=True"] + (["--no-browser"] if args.no_browser else [])
+        voila = subprocess.Popen(command, env=env, cwd=folder)
+        try:
+            return voila.wait()
+        except KeyboardInterrupt:  # Voila has the interrupt too: it shuts its kernels down and ends
+            return voila.wait()
+
+
 def _image_format(path: str) -> str:
     return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[Path(path).suffix.lower()]
 
@@ -348,6 +427,8 @@ def _main(args, argv: list[str]) -> int:
                   f"{args.folder}/lora, {args.folder}/sam{extra}")
         elif args.command == "batch":
             return _batch(args, argv)
+        elif args.command == "studio":
+            return _studio(args)
         else:
             _run(args)
     except (StyleGalleryError, FileExistsError) as exc:
