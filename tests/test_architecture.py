@@ -118,7 +118,7 @@ def test_no_private_name_is_imported_from_another_module():
 
 
 def test_the_core_never_imports_jupyter():
-    jupyter = ("IPython", "ipywidgets", "anywidget", "ipykernel", "jupyter")
+    jupyter = ("IPython", "ipywidgets", "anywidget", "ipykernel", "jupyter", "voila")
     found = [(str(p.relative_to(ROOT)), m) for p in PACKAGE.rglob("*.py") for m, _ in _imports(p)
              if m and m.split(".")[0] in jupyter]
     # the one exception: a notebook progress bar, imported only once tqdm has found a Jupyter kernel

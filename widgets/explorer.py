@@ -70,6 +70,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self._running: str | None = None
         self._errors: dict[str, str] = {}
         self._quiet = False  # True while the preset control is set to follow the session
+        self._change_callbacks: list = []
 
         self.monitor = LossMonitor()
         self.region_views: list[RegionView] = []
@@ -132,6 +133,20 @@ class StageExplorer(StaticReprMixin, W.VBox):
         self.add_class("sg-explorer")
         self._refresh()
         self.unfold(session.stale[0] if session.stale else STAGES[-1])
+
+    def on_change(self, callback) -> None:
+        """Call ``callback()`` whenever the explorer has shown a change of its session (a setting, an edit, a stage
+        started or done) and when a run has ended; during a run it is called in the run's thread."""
+        self._change_callbacks.append(callback)
+
+    def _changed(self) -> None:
+        for callback in list(self._change_callbacks):
+            callback()
+
+    @property
+    def running(self) -> str | None:
+        """The stage running now, or None."""
+        return self._running
 
     def unfold(self, stage: str) -> None:
         """Unfold the panel of ``stage`` (and fold the open one)."""
@@ -250,6 +265,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
                 bar.bar_style = ("warning" if stopped else "success") if result is not None else ""
         self.status.value = "&nbsp;" + _summary(session, stale)
         self._refine_state()
+        self._changed()
 
     def _note(self, stage: str) -> str:
         """The stylize fold's line under its controls: how its current result was made."""
@@ -348,6 +364,7 @@ class StageExplorer(StaticReprMixin, W.VBox):
             self._running = None
             self.status.value = f'&nbsp;<span style="color:#b71c1c">⚠ {html.escape(f"{type(error).__name__}: {error}")}</span>'
         self._lock(False)
+        self._changed()
 
     def _run_stages(self, until: str, refine: bool) -> list[str]:
         session = self.session
