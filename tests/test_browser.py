@@ -275,7 +275,9 @@ def _check_tabs(page, explorer, when: str) -> None:
             ".some((tab) => tab.textContent === name)",
             arg=name, timeout=10_000)
         other = next(n for n in panels if n != name)
-        assert panels[name].first.is_visible() and not panels[other].first.is_visible(), (when, name)
+        # Lumino shows the panel after it marks the tab: wait for both, a tab's panel that never shows fails here
+        panels[name].first.wait_for(state="visible", timeout=10_000)
+        panels[other].first.wait_for(state="hidden", timeout=10_000)
         kernel = _scratch(page, 'print("TAB=" + json.dumps(explorer.match_tabs.selected_index))', "TAB")
         assert kernel == index, (when, name, kernel)
 
